@@ -1,0 +1,1 @@
+"""StepUp Queue: submit SLURM jobs as steps of a StepUp workflow and wait for them."""

@@ -1,0 +1,209 @@
+"""Settings of StepUp Queue, read from environment variables in one place.
+
+Every variable is documented here and in the usage docs.
+Invalid values raise a `ConfigError` that names the variable and the accepted values.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TypeVar
+
+from path import Path
+from stepup.core.utils import string_to_bool
+
+__all__ = ("Config", "ConfigError", "OnChange", "QueryMethod")
+
+
+E = TypeVar("E", bound=Enum)
+
+
+class ConfigError(ValueError):
+    """An environment variable of StepUp Queue has an invalid value."""
+
+
+class OnChange(Enum):
+    """What to do when a job's inputs changed since it was submitted."""
+
+    RAISE = "raise"
+    RESUBMIT = "resubmit"
+    IGNORE = "ignore"
+
+
+class QueryMethod(Enum):
+    """How the states of waiting jobs are asked from SLURM."""
+
+    SQUEUE = "squeue"
+    SCONTROL = "scontrol"
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of StepUp Queue.
+
+    Attributes
+    ----------
+    onchange
+        What to do with a job whose inputs changed since submission
+        (`STEPUP_QUEUE_ONCHANGE`, or the older `STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS`).
+    onchange_source
+        The name of the variable that set `onchange`, or an empty string for the default.
+    debug
+        `STEPUP_SBATCH_DEBUG`: print each decision and look every second.
+    cache_timeout
+        `STEPUP_SBATCH_CACHE_TIMEOUT`: seconds a cached scheduler answer is reused.
+    polling_interval
+        `STEPUP_SBATCH_POLLING_INTERVAL`: minimal seconds between two looks at a job.
+    time_margin
+        `STEPUP_SBATCH_TIME_MARGIN`: maximal random extra seconds added to each sleep,
+        and the margin after submission before a scheduler answer is trusted.
+    query
+        `STEPUP_SBATCH_QUERY`: `squeue` (own jobs only, default) or `scontrol` (all jobs).
+    command_timeout
+        `STEPUP_SBATCH_COMMAND_TIMEOUT`: seconds after which a SLURM command is killed.
+    submit_retries
+        `STEPUP_SBATCH_SUBMIT_RETRIES`: how often a transiently failing sbatch is retried.
+    submit_backoff
+        `STEPUP_SBATCH_SUBMIT_BACKOFF`: seconds before the first retry, doubled each time.
+    ret_timeout
+        `STEPUP_SBATCH_RET_TIMEOUT`: seconds to wait for `slurmjob.ret` to show an exit code
+        once SLURM reports the job ended (or no longer lists it).
+    cache_dir
+        Where the shared scheduler cache lives: `$XDG_CACHE_HOME/stepup-queue`,
+        `~/.cache/stepup-queue`, or `STEPUP_QUEUE_CACHE_DIR` when set.
+    """
+
+    onchange: OnChange = OnChange.RAISE
+    onchange_source: str = ""
+    debug: bool = False
+    cache_timeout: float = 30.0
+    polling_interval: float = 1.0
+    time_margin: float = 0.5
+    query: QueryMethod = QueryMethod.SQUEUE
+    command_timeout: float = 60.0
+    submit_retries: int = 5
+    submit_backoff: float = 10.0
+    ret_timeout: float = 60.0
+    cache_dir: Path = field(default_factory=lambda: Path("~/.cache/stepup-queue").expanduser())
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "Config":
+        """Read all settings from environment variables.
+
+        Parameters
+        ----------
+        environ
+            The environment to read, `os.environ` by default.
+
+        Returns
+        -------
+        config
+            The settings, with defaults for unset variables.
+
+        Raises
+        ------
+        ConfigError
+            When a variable is set to a value that cannot be used.
+        """
+        if environ is None:
+            environ = os.environ
+        onchange, onchange_source = _read_onchange(environ)
+        debug = _read_bool(environ, "STEPUP_SBATCH_DEBUG", False)
+        return cls(
+            onchange=onchange,
+            onchange_source=onchange_source,
+            debug=debug,
+            cache_timeout=_read_float(environ, "STEPUP_SBATCH_CACHE_TIMEOUT", 30.0),
+            polling_interval=_read_float(environ, "STEPUP_SBATCH_POLLING_INTERVAL", 1.0),
+            time_margin=_read_float(environ, "STEPUP_SBATCH_TIME_MARGIN", 0.5),
+            query=_read_enum(environ, "STEPUP_SBATCH_QUERY", QueryMethod, QueryMethod.SQUEUE),
+            command_timeout=_read_float(environ, "STEPUP_SBATCH_COMMAND_TIMEOUT", 60.0, 1.0),
+            submit_retries=int(_read_float(environ, "STEPUP_SBATCH_SUBMIT_RETRIES", 5, 0, True)),
+            submit_backoff=_read_float(environ, "STEPUP_SBATCH_SUBMIT_BACKOFF", 10.0),
+            ret_timeout=_read_float(environ, "STEPUP_SBATCH_RET_TIMEOUT", 60.0),
+            cache_dir=_cache_dir(environ),
+        )
+
+    def sleep_range(self) -> tuple[float, float]:
+        """Return the bounds of the random sleep between two looks at a job."""
+        if self.debug:
+            return 1.0, 1.0
+        return self.polling_interval, self.polling_interval + self.time_margin
+
+
+def _read_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return string_to_bool(value)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={value!r} is not a boolean. Use yes/no, true/false, on/off or 1/0."
+        ) from None
+
+
+def _read_float(
+    environ: Mapping[str, str],
+    name: str,
+    default: float,
+    minimum: float = 0.0,
+    integer: bool = False,
+) -> float:
+    value = environ.get(name)
+    if value is None or value == "":
+        return default
+    kind = "a whole number" if integer else "a number"
+    try:
+        result = int(value) if integer else float(value)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={value!r} is not {kind}. Set it to {kind} >= {minimum:g} or unset it "
+            f"(default {default:g})."
+        ) from None
+    if not result >= minimum:
+        raise ConfigError(
+            f"{name}={value!r} is too small. Set it to {kind} >= {minimum:g} or unset it "
+            f"(default {default:g})."
+        )
+    return result
+
+
+def _read_enum(environ: Mapping[str, str], name: str, enum: type[E], default: E) -> E:
+    value = environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return enum(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(member.value for member in enum)
+        raise ConfigError(f"{name}={value!r} is not one of: {choices}.") from None
+
+
+def _read_onchange(environ: Mapping[str, str]) -> tuple[OnChange, str]:
+    """Combine the new and the old variable; the new one wins when both are set."""
+    if environ.get("STEPUP_QUEUE_ONCHANGE", "") != "":
+        onchange = _read_enum(environ, "STEPUP_QUEUE_ONCHANGE", OnChange, OnChange.RAISE)
+        return onchange, "STEPUP_QUEUE_ONCHANGE"
+    if environ.get("STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS", "") != "":
+        resubmit = _read_bool(environ, "STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS", False)
+        onchange = OnChange.RESUBMIT if resubmit else OnChange.RAISE
+        return onchange, "STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS"
+    return OnChange.RAISE, ""
+
+
+def _cache_dir(environ: Mapping[str, str]) -> Path:
+    explicit = environ.get("STEPUP_QUEUE_CACHE_DIR", "")
+    if explicit != "":
+        return Path(explicit)
+    xdg = environ.get("XDG_CACHE_HOME", "")
+    if xdg != "":
+        return Path(xdg) / "stepup-queue"
+    home = environ.get("HOME", "")
+    if home == "":
+        raise ConfigError(
+            "Cannot find a folder for the shared scheduler cache: HOME and XDG_CACHE_HOME are "
+            "unset. Set one of them, or set STEPUP_QUEUE_CACHE_DIR to a writable folder."
+        )
+    return Path(home) / ".cache" / "stepup-queue"

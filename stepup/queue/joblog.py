@@ -1,0 +1,260 @@
+"""The job log `slurmjob.log`: format version 2, read, written and validated here.
+
+A log written by StepUp Queue looks like this, one record per line::
+
+    StepUp Queue sbatch wait log format version 2
+    <STEPUP_STEP_INP_DIGEST of the step that submitted the job>
+    2026-11-25T10:01:02.123456 Submitting stepup-queue-3f2a9c0d1e4b5a69
+    2026-11-25T10:01:02.345678 Submitted 1234
+    2026-11-25T10:01:33.012345 RUNNING
+    2026-11-25T10:05:01.543210 COMPLETED
+
+The first two lines and the `Submitted` and state records are exactly those of StepUp Queue
+1.0.2, so job folders written by it can be resumed. The `Submitting` record is new: it is
+written (and flushed to disk) just before `sbatch` runs and holds the token that tags the job,
+so that a workflow killed before the `Submitted` record was written can find its job again
+instead of submitting it twice. The `Submitted` record holds what `sbatch --parsable` printed:
+`ID` or `ID;CLUSTER`.
+"""
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from path import Path
+
+__all__ = (
+    "FINAL_STATES",
+    "FORMAT_LINE",
+    "LOG_NAME",
+    "JobLog",
+    "JobLogError",
+    "append_record",
+    "find_logs",
+    "parse_submitted",
+    "read_log",
+    "start_log",
+)
+
+LOG_NAME = "slurmjob.log"
+FORMAT_LINE = "StepUp Queue sbatch wait log format version 2"
+
+# States after which SLURM will not run the job's script again.
+FINAL_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "SPECIAL_EXIT",
+        "TIMEOUT",
+    }
+)
+
+_RE_STATE = re.compile(r"[A-Z][A-Z_]*")
+_RE_SUBMITTED = re.compile(r"(?P<id>[0-9]+)(?:;(?P<cluster>[A-Za-z0-9_.-]+))?")
+_RE_TOKEN = re.compile(r"stepup-queue-[0-9a-f]{16}")
+
+
+class JobLogError(ValueError):
+    """A job log cannot be read. The message names the file, the line and how to fix it."""
+
+
+@dataclass
+class JobLog:
+    """The contents of a job log.
+
+    Attributes
+    ----------
+    path
+        The log file.
+    digest
+        The input digest of the step that submitted the job (second line).
+    token
+        The token of the last `Submitting` record, if any.
+    submitting_time
+        When the last `Submitting` record was written.
+    job_id
+        The job id from the `Submitted` record, `None` when the job was not (yet) submitted.
+    cluster
+        The cluster name from the `Submitted` record, `None` when there is none.
+    submitted_time
+        When the `Submitted` record was written.
+    states
+        The recorded (time, state) pairs, oldest first.
+    """
+
+    path: Path
+    digest: str
+    token: str | None = None
+    submitting_time: datetime | None = None
+    job_id: int | None = None
+    cluster: str | None = None
+    submitted_time: datetime | None = None
+    states: list[tuple[datetime, str]] = field(default_factory=list)
+
+    @property
+    def last_state(self) -> str | None:
+        """The most recently recorded state, `None` when no state was recorded."""
+        return self.states[-1][1] if self.states else None
+
+    @property
+    def done(self) -> bool:
+        """True when the log records a final state."""
+        return self.last_state in FINAL_STATES
+
+
+def parse_submitted(text: str) -> tuple[int, str | None]:
+    """Parse what `sbatch --parsable` printed: `ID` or `ID;CLUSTER`.
+
+    Parameters
+    ----------
+    text
+        The output of sbatch (surrounding white space is ignored).
+
+    Returns
+    -------
+    job_id, cluster
+        The job id and the cluster name, `None` when there is no cluster.
+
+    Raises
+    ------
+    ValueError
+        When the text is not of the form `ID` or `ID;CLUSTER`.
+    """
+    match = _RE_SUBMITTED.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"Expected 'ID' or 'ID;CLUSTER', got {text.strip()!r}")
+    return int(match.group("id")), match.group("cluster")
+
+
+def read_log(path: str | Path) -> JobLog:
+    """Read and validate a job log.
+
+    Parameters
+    ----------
+    path
+        The log file.
+
+    Returns
+    -------
+    joblog
+        The parsed contents.
+
+    Raises
+    ------
+    JobLogError
+        When the file does not follow format version 2.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _error(path, 1, "it is not UTF-8 text") from None
+    lines = text.splitlines()
+    if len(lines) == 0 or lines[0] != FORMAT_LINE:
+        found = repr(lines[0][:80]) if lines else "an empty file"
+        raise _error(path, 1, f"the first line must be {FORMAT_LINE!r}, found {found}")
+    if len(lines) < 2 or lines[1].strip() == "" or " " in lines[1]:
+        raise _error(path, 2, "the second line must hold the input digest of the step")
+    joblog = JobLog(path, lines[1])
+    for lineno, line in enumerate(lines[2:], 3):
+        _parse_record(joblog, lineno, line)
+    return joblog
+
+
+def _parse_record(joblog: JobLog, lineno: int, line: str):
+    stamp, _, record = line.partition(" ")
+    try:
+        time = datetime.fromisoformat(stamp)
+    except ValueError:
+        raise _error(
+            joblog.path, lineno, f"no valid date and time at the start of {line!r}"
+        ) from None
+    kind, _, rest = record.partition(" ")
+    if kind == "Submitting" and _RE_TOKEN.fullmatch(rest):
+        joblog.token = rest
+        joblog.submitting_time = time
+    elif kind == "Submitted":
+        if joblog.job_id is not None:
+            raise _error(joblog.path, lineno, "a second Submitted record")
+        try:
+            joblog.job_id, joblog.cluster = parse_submitted(rest)
+        except ValueError as exc:
+            raise _error(joblog.path, lineno, str(exc)) from None
+        joblog.submitted_time = time
+    elif _RE_STATE.fullmatch(record) and joblog.job_id is not None:
+        joblog.states.append((time, record))
+    else:
+        raise _error(joblog.path, lineno, f"cannot understand the record {record!r}")
+
+
+def _error(path: Path, lineno: int, what: str) -> JobLogError:
+    return JobLogError(
+        f"Invalid job log {path} (line {lineno}): {what}. This file is written by StepUp Queue "
+        "and should not be edited. If the job is no longer queued or running, remove the file "
+        "(or use `stepup removejobs --all --commit` on its folder) to submit the job afresh."
+    )
+
+
+def start_log(path: str | Path, digest: str):
+    """Write the first two lines of a new log, replacing an existing log.
+
+    Parameters
+    ----------
+    path
+        The log file.
+    digest
+        The input digest of the step (`STEPUP_STEP_INP_DIGEST`).
+    """
+    _write(Path(path), f"{FORMAT_LINE}\n{digest}\n", "w")
+
+
+def append_record(path: str | Path, record: str) -> datetime:
+    """Append a time-stamped record and flush it to disk before returning.
+
+    Parameters
+    ----------
+    path
+        The log file.
+    record
+        The record, e.g. `Submitted 1234` or a SLURM state like `RUNNING`.
+
+    Returns
+    -------
+    time
+        The time stamp written in front of the record.
+    """
+    time = datetime.now()
+    _write(Path(path), f"{time.isoformat(timespec='microseconds')} {record}\n", "a")
+    return time
+
+
+def _write(path: Path, text: str, mode: str):
+    # fsync: the log is the only memory of a submission when the workflow is killed.
+    with open(path, mode, encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def find_logs(root: str | Path) -> Iterator[Path]:
+    """Yield all job logs below a folder, in sorted order, skipping hidden folders.
+
+    Parameters
+    ----------
+    root
+        The folder to search recursively.
+    """
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        if LOG_NAME in filenames:
+            yield Path(dirpath) / LOG_NAME

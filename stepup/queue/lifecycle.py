@@ -1,0 +1,262 @@
+"""The life of one job: submit it once, reattach after a restart, wait, and report its end.
+
+All decisions about a job live here; the job log, the wrapper and SLURM itself are reached
+through their own modules.
+"""
+
+import os
+import random
+import secrets
+import time
+from datetime import datetime, timedelta
+
+from path import Path
+
+from .config import Config, OnChange
+from .joblog import (
+    FINAL_STATES,
+    LOG_NAME,
+    JobLog,
+    append_record,
+    parse_submitted,
+    read_log,
+    start_log,
+)
+from .scheduler import (
+    StateCache,
+    cancel,
+    find_by_token,
+    is_transient,
+    sacct_state,
+    submit,
+)
+from .wrapper import RET_NAME, JobScript, read_job_script, render_wrapper
+
+__all__ = ("JobError", "run_job")
+
+# States in which the job script was running and ended by itself, so slurmjob.ret should hold
+# its exit code (perhaps after a delay of the shared file system).
+_SCRIPT_ENDED = frozenset({"COMPLETED", "FAILED"})
+
+
+class JobError(RuntimeError):
+    """The job cannot be submitted or did not end well. The message says why and what to do."""
+
+
+def run_job(ext: str, rc: str | None, config: Config) -> int:
+    """Submit the job in the current folder once, wait for it, and return its exit code.
+
+    Parameters
+    ----------
+    ext
+        The extension of the job script, e.g. `.sh`.
+    rc
+        A shell command to run before sbatch, or `None`.
+    config
+        The settings.
+
+    Returns
+    -------
+    returncode
+        The exit code of the job script, read from `slurmjob.ret`.
+
+    Raises
+    ------
+    JobError, JobScriptError, JobLogError, ConfigError
+        With a message that names the file, the problem and a fix.
+    """
+    digest = os.environ.get("STEPUP_STEP_INP_DIGEST", "")
+    if digest == "":
+        raise JobError(
+            "STEPUP_STEP_INP_DIGEST is not set: the sbatch action must run as a StepUp step "
+            "(stepup >= 3.0.1), e.g. through stepup.queue.api.sbatch() in plan.py."
+        )
+    script = read_job_script(f"slurmjob{ext}")
+    StateCache(config, None).check_writable()
+    log_path = Path(LOG_NAME)
+    joblog = read_log(log_path) if log_path.exists() else None
+    if joblog is not None and joblog.digest != digest:
+        joblog = _inputs_changed(joblog, digest, config)
+    if joblog is None:
+        start_log(log_path, digest)
+        joblog = read_log(log_path)
+    # A fresh submission gives SLURM one cache period before its state is asked.
+    first_query = config.cache_timeout
+    if joblog.job_id is None:
+        _submit_once(joblog, script, rc, config)
+        joblog = read_log(log_path)
+        print(f"Submitted job {joblog.job_id}{_on_cluster(joblog)}")
+    elif not joblog.done:
+        print(f"Waiting for job {joblog.job_id}{_on_cluster(joblog)}, submitted earlier")
+        first_query = 0.0
+    state = joblog.last_state if joblog.done else _wait(joblog, config, first_query)
+    return _finish(joblog, state, config)
+
+
+def _on_cluster(joblog: JobLog) -> str:
+    return "" if joblog.cluster is None else f" on cluster {joblog.cluster}"
+
+
+def _inputs_changed(joblog: JobLog, digest: str, config: Config) -> JobLog | None:
+    what = f"job {joblog.job_id}" if joblog.job_id is not None else "a job"
+    if config.onchange is OnChange.IGNORE:
+        print(f"Inputs changed since {what} was submitted; still waiting for it (onchange=ignore)")
+        return joblog
+    if config.onchange is OnChange.RAISE:
+        raise JobError(
+            f"The inputs of this step changed since {what} was submitted from "
+            f"{Path.cwd() / LOG_NAME}.\n"
+            f"  digest in the log:  {joblog.digest}\n"
+            f"  digest of the step: {digest}\n"
+            "To run the job again with the new inputs, either cancel the old job if needed "
+            "(stepup canceljobs) and remove its log (stepup removejobs --all --commit), "
+            "or set STEPUP_QUEUE_ONCHANGE=resubmit to cancel and resubmit automatically "
+            "(STEPUP_QUEUE_ONCHANGE=ignore keeps waiting for the old job). "
+            "The older STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS=yes means the same as resubmit; "
+            "when both are set, STEPUP_QUEUE_ONCHANGE wins."
+        )
+    job_id, cluster = joblog.job_id, joblog.cluster
+    if job_id is None and joblog.token is not None and joblog.submitting_time is not None:
+        _, job_id = find_by_token(joblog.token, None, joblog.submitting_time, config)
+    if job_id is not None and not joblog.done:
+        for result in cancel([job_id], cluster, config.command_timeout):
+            if result.returncode != 0:
+                raise JobError(f"Could not cancel the old job {job_id}: {result.describe()}")
+        print(f"Inputs changed: cancelled the old job {job_id}, submitting again")
+    return None
+
+
+def _submit_once(joblog: JobLog, script: JobScript, rc: str | None, config: Config):
+    """Submit the job, or find the job that an interrupted earlier attempt submitted."""
+    wrapper = render_wrapper(script)
+    token = joblog.token
+    resumed = token is not None
+    if token is None:
+        token = f"stepup-queue-{secrets.token_hex(8)}"
+        since = append_record(joblog.path, f"Submitting {token}")
+        # An exit code left by an earlier job must not be taken for this job's.
+        Path(RET_NAME).write_text("")
+    else:
+        since = joblog.submitting_time
+    failure = None
+    for attempt in range(config.submit_retries + 1):
+        if attempt > 0:
+            time.sleep(config.submit_backoff * 2 ** (attempt - 1))
+        if resumed or attempt > 0:
+            # The earlier attempt may have reached SLURM even though we never saw its answer.
+            certain, job_id = find_by_token(token, script.clusters, since, config)
+            if job_id is not None:
+                # With several clusters in -M, the job is recorded on the first one.
+                suffix = f";{script.clusters.split(',')[0]}" if script.clusters else ""
+                append_record(joblog.path, f"Submitted {job_id}{suffix}")
+                return
+            if not certain:
+                continue
+        result = submit(wrapper, rc=rc, token=token, timeout=config.command_timeout)
+        if result.returncode == 0:
+            lines = result.stdout.strip().splitlines()
+            submitted = lines[-1].strip() if lines else ""
+            try:
+                parse_submitted(submitted)
+            except ValueError:
+                raise JobError(
+                    f"sbatch succeeded but printed {result.stdout!r} instead of a job id. "
+                    "Does the rc command print to standard output? Send its output elsewhere."
+                ) from None
+            append_record(joblog.path, f"Submitted {submitted}")
+            return
+        failure = result
+        if not is_transient(result):
+            break
+        if config.debug:
+            print(f"Transient failure, retrying: {result.describe()}")
+    detail = failure.describe() if failure is not None else "SLURM could not be reached"
+    raise JobError(f"Could not submit {script.path}: {detail}")
+
+
+def _read_ret() -> int | str | None:
+    """The exit code in slurmjob.ret, `None` when absent or empty, the text when garbled."""
+    try:
+        text = Path(RET_NAME).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _nap(config: Config):
+    time.sleep(random.uniform(*config.sleep_range()))
+
+
+def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
+    """Wait until the job script ended or SLURM says the job is over.
+
+    Parameters
+    ----------
+    joblog
+        The log of the submitted job.
+    config
+        The settings.
+    first_query
+        Seconds before SLURM is asked about the job for the first time.
+
+    Returns
+    -------
+    state
+        The last state SLURM reported, `None` when it was not asked or no longer lists the job.
+    """
+    cache = StateCache(config, joblog.cluster)
+    submitted = joblog.submitted_time or datetime.now()
+    trusted_after = submitted + timedelta(seconds=config.time_margin)
+    state = joblog.last_state
+    next_query = time.monotonic() + first_query
+    while True:
+        if _read_ret() is not None:
+            return state
+        if time.monotonic() >= next_query:
+            next_query = (
+                time.monotonic() + config.cache_timeout + random.uniform(0, config.time_margin)
+            )
+            snapshot = cache.snapshot()
+            if config.debug:
+                print(f"{snapshot.time} {cache.command()} rc={snapshot.returncode}")
+            if snapshot.ok and snapshot.time >= trusted_after:
+                current = snapshot.states.get(joblog.job_id)
+                if current is None:
+                    # Purged from slurmctld's memory (MinJobAge): ask the accounting database.
+                    current = sacct_state(joblog.job_id, joblog.cluster, config.command_timeout)
+                if current is not None and current != state:
+                    append_record(joblog.path, current)
+                    state = current
+                if current is None or current in FINAL_STATES:
+                    return current
+        _nap(config)
+
+
+def _finish(joblog: JobLog, state: str | None, config: Config) -> int:
+    code = _read_ret()
+    if code is None and (state is None or state in _SCRIPT_ENDED):
+        # The script ended, but its exit code may not have reached this node yet.
+        deadline = time.monotonic() + config.ret_timeout
+        while code is None and time.monotonic() < deadline:
+            _nap(config)
+            code = _read_ret()
+    if isinstance(code, int):
+        if code != 0:
+            print(f"Job {joblog.job_id} ended with exit code {code}. See slurmjob.err.")
+        return code
+    last = state or "no longer listed by SLURM"
+    if isinstance(code, str):
+        raise JobError(
+            f"Job {joblog.job_id} (last state: {last}) left {code!r} in {RET_NAME} instead of "
+            "an exit code. See slurmjob.err."
+        )
+    raise JobError(
+        f"Job {joblog.job_id}{_on_cluster(joblog)} ended without an exit code in {RET_NAME}. "
+        f"Last state reported by SLURM: {last}. "
+        f"See {Path.cwd() / 'slurmjob.err'} for what went wrong."
+    )

@@ -1,0 +1,444 @@
+"""Everything that talks to SLURM: sbatch, scancel, squeue, scontrol and sacct.
+
+Job states are asked through a cache file shared by all waiting steps of all workflows of a
+user, one file per cluster, guarded by an exclusive file lock. Whoever finds the cached answer
+older than `STEPUP_SBATCH_CACHE_TIMEOUT` runs the query and writes the new answer, so the
+number of status queries per timeout does not grow with the number of waiting jobs.
+
+A cache file starts with the header line
+``v1 datetime=<26-character ISO datetime> returncode=<+NNN>``
+followed by the command's standard output.
+"""
+
+import fcntl
+import os
+import re
+import shlex
+import signal
+import subprocess
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from path import Path
+
+from .config import Config, ConfigError, QueryMethod
+
+__all__ = (
+    "CommandResult",
+    "Snapshot",
+    "StateCache",
+    "cancel",
+    "find_by_token",
+    "format_cache",
+    "is_transient",
+    "parse_cache",
+    "parse_sacct",
+    "parse_scontrol",
+    "parse_squeue",
+    "run_command",
+    "sacct_state",
+    "squeue_command",
+    "submit",
+)
+
+SQUEUE_FORMAT = "%i|%T|%k"
+MAX_SCANCEL_IDS = 100
+
+# Parts of SLURM client errors that mean "try again later", not "your request is wrong".
+_TRANSIENT_ERRORS = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "connection refused",
+    "connection reset",
+    "zero bytes were transmitted",
+    "resource temporarily unavailable",
+    "slurm backup controller in standby mode",
+    "timed out after",
+    "slurmctld is not responding",
+    "problem talking to database",
+    "can't be reached now",
+)
+
+_RE_HEADER = re.compile(r"v1 datetime=(\S{26}) returncode=([+-][0-9]{3,})")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """The outcome of a SLURM command.
+
+    Attributes
+    ----------
+    command
+        The command as a user could type it.
+    returncode
+        The exit code; -9 when it was killed after its timeout, 127 when it was not found.
+    stdout, stderr
+        What it printed.
+    """
+
+    command: str
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def describe(self) -> str:
+        """A short description of a failed command, for error messages."""
+        details = self.stderr.strip() or self.stdout.strip() or "(nothing printed)"
+        return f"`{self.command}` exited with code {self.returncode}: {details}"
+
+
+def run_command(
+    args: list[str] | str, *, timeout: float, stdin: str | None = None
+) -> CommandResult:
+    """Run a command without a shell (or with one, when `args` is a string).
+
+    A command that runs longer than `timeout` seconds is killed with its process group,
+    so a hanging SLURM client never blocks a step forever.
+    """
+    shell = isinstance(args, str)
+    command = args if shell else shlex.join(args)
+    try:
+        proc = subprocess.Popen(
+            args,
+            shell=shell,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        return CommandResult(command, 127, "", f"command not found: {args[0]}")
+    try:
+        stdout, stderr = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        return CommandResult(command, -9, stdout, f"{stderr}timed out after {timeout:g} s")
+    return CommandResult(command, proc.returncode, stdout, stderr)
+
+
+def is_transient(result: CommandResult) -> bool:
+    """True when a failed command is worth trying again later."""
+    if result.returncode == -9:
+        return True
+    text = (result.stderr + result.stdout).lower()
+    return any(part in text for part in _TRANSIENT_ERRORS)
+
+
+def submit(wrapper: str, *, rc: str | None, token: str, timeout: float) -> CommandResult:
+    """Submit a wrapper script with `sbatch --parsable`, tagged with a token as its comment.
+
+    Parameters
+    ----------
+    wrapper
+        The job script, passed to sbatch on standard input.
+    rc
+        A shell command to run before sbatch (e.g. to load modules), or `None`.
+    token
+        The unique tag of this submission, stored as the job's comment.
+    timeout
+        Seconds after which sbatch is killed.
+    """
+    args = ["sbatch", "--parsable", "-o", "slurmjob.out", "-e", "slurmjob.err"]
+    args.append(f"--comment={token}")
+    if rc is None:
+        return run_command(args, stdin=wrapper, timeout=timeout)
+    return run_command(f"{rc} < /dev/null && {shlex.join(args)}", stdin=wrapper, timeout=timeout)
+
+
+def _cluster_args(cluster: str | None) -> list[str]:
+    return [] if cluster is None else ["-M", cluster]
+
+
+def squeue_command(cluster: str | None) -> list[str]:
+    """The query for the states and comments of all of this user's jobs SLURM still knows."""
+    return ["squeue", *_cluster_args(cluster), "--me", "-t", "all", "-h", "-o", SQUEUE_FORMAT]
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def cancel(job_ids: Iterable[int], cluster: str | None, timeout: float) -> list[CommandResult]:
+    """Cancel jobs with scancel, at most 100 job ids per call.
+
+    Returns
+    -------
+    results
+        One result per scancel call.
+    """
+    ids = sorted(job_ids)
+    return [
+        run_command(["scancel", *_cluster_args(cluster), *map(str, chunk)], timeout=timeout)
+        for chunk in _chunks(ids, MAX_SCANCEL_IDS)
+    ]
+
+
+@dataclass
+class Snapshot:
+    """What SLURM said about the jobs at one moment.
+
+    Attributes
+    ----------
+    time
+        When the query ran (local time).
+    returncode
+        The exit code of the query; the states are only meaningful when it is zero.
+    states
+        Job id → SLURM state, for every job listed.
+    comments
+        Job id → comment, for jobs that have one.
+    error
+        What the command printed on standard error.
+    """
+
+    time: datetime
+    returncode: int
+    states: dict[int, str] = field(default_factory=dict)
+    comments: dict[int, str] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def parse_squeue(text: str) -> tuple[dict[int, str], dict[int, str]]:
+    """Parse `squeue -h -o '%i|%T|%k'` output (a `CLUSTER:` line from -M is skipped).
+
+    Returns
+    -------
+    states, comments
+        Job id → state and job id → comment. Array and het-job entries are skipped.
+    """
+    states = {}
+    comments = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|", 2)
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue
+        job_id = int(parts[0])
+        states[job_id] = parts[1]
+        if parts[2] not in ("", "(null)"):
+            comments[job_id] = parts[2]
+    return states, comments
+
+
+_RE_SCONTROL_JOB = re.compile(r"^JobId=([0-9]+)\s", re.MULTILINE)
+_RE_SCONTROL_STATE = re.compile(r"\bJobState=([A-Z_]+)")
+_RE_SCONTROL_COMMENT = re.compile(r"\bComment=(\S+)")
+
+
+def parse_scontrol(text: str) -> tuple[dict[int, str], dict[int, str]]:
+    """Parse `scontrol show job` output, in the multi-line or the one-line (-o) format.
+
+    Returns
+    -------
+    states, comments
+        Job id → state and job id → comment.
+    """
+    states = {}
+    comments = {}
+    matches = list(_RE_SCONTROL_JOB.finditer(text))
+    for match, following in zip(matches, [*matches[1:], None], strict=True):
+        block = text[match.start() : None if following is None else following.start()]
+        job_id = int(match.group(1))
+        state = _RE_SCONTROL_STATE.search(block)
+        if state is not None:
+            states[job_id] = state.group(1)
+        comment = _RE_SCONTROL_COMMENT.search(block)
+        if comment is not None:
+            comments[job_id] = comment.group(1)
+    return states, comments
+
+
+def parse_sacct(text: str) -> dict[int, tuple[str, str]]:
+    """Parse `sacct -X -n -P -o JobIDRaw,State,Comment` output.
+
+    Returns
+    -------
+    jobs
+        Job id → (state, comment). A state like `CANCELLED by 0` becomes `CANCELLED`.
+    """
+    jobs = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|", 2)
+        if len(parts) < 2 or not parts[0].isdigit():
+            continue
+        state = parts[1].split()[0] if parts[1].strip() else "UNKNOWN"
+        jobs[int(parts[0])] = (state, parts[2] if len(parts) == 3 else "")
+    return jobs
+
+
+def format_cache(time: datetime, returncode: int, output: str) -> str:
+    """Return the contents of a cache file: header line and command output."""
+    stamp = time.isoformat(timespec="microseconds")
+    return f"v1 datetime={stamp} returncode={returncode:+04d}\n{output}"
+
+
+def parse_cache(text: str) -> tuple[datetime, int, str] | None:
+    """Parse the contents of a cache file.
+
+    Returns
+    -------
+    cached
+        (time, returncode, output), or `None` when the header is missing or invalid
+        (empty, truncated or corrupt file, or a format this version does not know).
+    """
+    header, newline, output = text.partition("\n")
+    match = _RE_HEADER.fullmatch(header)
+    if match is None or newline == "":
+        return None
+    try:
+        time = datetime.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+    return time, int(match.group(2)), output
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class StateCache:
+    """The shared, file-based cache of SLURM's answer about job states, for one cluster.
+
+    Parameters
+    ----------
+    config
+        The settings: cache folder, timeout, query method and command timeout.
+    cluster
+        The cluster name (as in `sbatch -M`), `None` for the default cluster.
+    """
+
+    def __init__(self, config: Config, cluster: str | None):
+        self.config = config
+        self.cluster = cluster
+        stem = "sbatch_wait" if config.query is QueryMethod.SCONTROL else "squeue_me"
+        suffix = "" if cluster is None else f".{cluster}"
+        self.path = config.cache_dir / f"{stem}{suffix}.out"
+
+    def check_writable(self):
+        """Raise a ConfigError with a fix when the cache folder cannot be used."""
+        try:
+            self.config.cache_dir.makedirs_p()
+            with _locked(self.path + ".lock"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot use the shared scheduler cache in {self.config.cache_dir}: {exc}. "
+                "Make that folder writable, or set STEPUP_QUEUE_CACHE_DIR (or XDG_CACHE_HOME) "
+                "to a writable folder."
+            ) from None
+
+    def command(self) -> list[str]:
+        """The status query this cache holds the answer of."""
+        if self.config.query is QueryMethod.SCONTROL:
+            cluster = [] if self.cluster is None else [f"--cluster={self.cluster}"]
+            return ["scontrol", "show", "job", *cluster]
+        return squeue_command(self.cluster)
+
+    def snapshot(self, force: bool = False) -> Snapshot:
+        """Return SLURM's answer, from the cache when it is younger than the timeout.
+
+        Parameters
+        ----------
+        force
+            Query SLURM even when the cache is fresh.
+        """
+        self.config.cache_dir.makedirs_p()
+        with _locked(self.path + ".lock"):
+            cached = None if force else self._read()
+            now = datetime.now()
+            if cached is None or not (
+                timedelta(0) <= now - cached[0] <= timedelta(seconds=self.config.cache_timeout)
+            ):
+                cached = self._query()
+        time, returncode, output = cached
+        if self.config.query is QueryMethod.SCONTROL:
+            states, comments = parse_scontrol(output)
+        else:
+            states, comments = parse_squeue(output)
+        error = "" if returncode == 0 else output
+        return Snapshot(time, returncode, states, comments, error)
+
+    def _read(self) -> tuple[datetime, int, str] | None:
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        return parse_cache(text)
+
+    def _query(self) -> tuple[datetime, int, str]:
+        time = datetime.now()
+        result = run_command(self.command(), timeout=self.config.command_timeout)
+        # A failed query is cached as well: its stderr replaces the output, so that all
+        # waiting steps back off instead of hammering a struggling controller.
+        output = result.stdout if result.returncode == 0 else result.stderr
+        tmp = self.path + f".{os.getpid()}.tmp"
+        tmp.write_text(format_cache(time, result.returncode, output), encoding="utf-8")
+        # Atomic replacement: a reader never sees a half-written answer.
+        tmp.replace(self.path)
+        return time, result.returncode, output
+
+
+def sacct_state(job_id: int, cluster: str | None, timeout: float) -> str | None:
+    """Ask the accounting database for one job's state; `None` when it cannot tell."""
+    args = ["sacct", *_cluster_args(cluster), "-X", "-n", "-P", "-j", str(job_id)]
+    result = run_command([*args, "-o", "JobIDRaw,State"], timeout=timeout)
+    if result.returncode != 0:
+        return None
+    entry = parse_sacct(result.stdout).get(job_id)
+    return None if entry is None else entry[0]
+
+
+def find_by_token(
+    token: str, clusters: str | None, since: datetime, config: Config
+) -> tuple[bool, int | None]:
+    """Look for a job tagged with a token, first in squeue, then in sacct.
+
+    Parameters
+    ----------
+    token
+        The comment given to the job at submission.
+    clusters
+        The value of the script's `-M` option, `None` when it has none.
+    since
+        When the submission was attempted (sacct is asked from one minute before).
+    config
+        The settings (for the command timeout).
+
+    Returns
+    -------
+    certain, job_id
+        `certain` is False when SLURM could not be asked; `job_id` is None when
+        SLURM answered and no job carries the token.
+    """
+    squeue = run_command(squeue_command(clusters), timeout=config.command_timeout)
+    if squeue.returncode != 0:
+        return False, None
+    _, comments = parse_squeue(squeue.stdout)
+    for job_id, comment in comments.items():
+        if comment == token:
+            return True, job_id
+    start = (since - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    args = ["sacct", *_cluster_args(clusters), "-X", "-n", "-P", "-S", start]
+    sacct = run_command([*args, "-o", "JobIDRaw,State,Comment"], timeout=config.command_timeout)
+    if sacct.returncode == 0:
+        for job_id, (_, comment) in parse_sacct(sacct.stdout).items():
+            if comment == token:
+                return True, job_id
+    # squeue lists every job of the user that slurmctld still knows (MinJobAge), so a job
+    # submitted moments ago that is missing there was never accepted.
+    return True, None

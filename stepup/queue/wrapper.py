@@ -1,0 +1,173 @@
+"""The job script checks and the bash wrapper that StepUp Queue submits in its place.
+
+The wrapper carries the `#SBATCH` lines of the user's script, runs the script, and writes its
+exit code to `slurmjob.ret`. The user's script is never modified: it is an input of the step.
+"""
+
+import os
+import shlex
+from dataclasses import dataclass
+
+from path import Path
+
+__all__ = ("JobScript", "JobScriptError", "read_job_script", "render_wrapper")
+
+RET_NAME = "slurmjob.ret"
+
+# Options of sbatch that StepUp Queue sets itself or cannot support, and why.
+_FORBIDDEN_OPTIONS = {
+    "--output": ("-o", "StepUp Queue sends the job's standard output to slurmjob.out"),
+    "--error": ("-e", "StepUp Queue sends the job's standard error to slurmjob.err"),
+    "--array": ("-a", "job arrays are not supported: use one sbatch() step per job"),
+    "--chdir": ("-D", "the job must run in its own folder, where StepUp Queue expects its files"),
+    "--comment": (None, "StepUp Queue tags each job with a comment to find it after a crash"),
+}
+_OTHER_SCHEDULERS = {"#PBS": "PBS/Torque", "#BSUB": "LSF", "#COBALT": "Cobalt", "#$": "SGE"}
+
+
+class JobScriptError(ValueError):
+    """A job script cannot be submitted. The message names the file, the problem and a fix."""
+
+
+@dataclass(frozen=True)
+class JobScript:
+    """What StepUp Queue needs to know of a job script.
+
+    Attributes
+    ----------
+    path
+        The script, relative to the job folder (e.g. `slurmjob.sh`).
+    directives
+        The `#SBATCH` lines, as they are in the script.
+    clusters
+        The value of the `-M`/`--clusters` option, `None` when absent.
+    command
+        The shell command that runs the script in the wrapper.
+    """
+
+    path: Path
+    directives: tuple[str, ...]
+    clusters: str | None
+    command: str
+
+
+def read_job_script(path: str | Path) -> JobScript:
+    """Read and check a job script before anything is submitted.
+
+    Parameters
+    ----------
+    path
+        The job script, relative to the current (job) folder.
+
+    Returns
+    -------
+    script
+        The directives and the command to run it.
+
+    Raises
+    ------
+    JobScriptError
+        When the script is missing, has no shebang line, or has a directive that
+        StepUp Queue cannot honour.
+    """
+    path = Path(path)
+    where = Path.cwd() / path
+    if not path.is_file():
+        raise JobScriptError(f"The job script {where} does not exist. Create it, or fix the path.")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise JobScriptError(f"The job script {where} is not UTF-8 text.") from None
+    if len(lines) == 0 or not lines[0].startswith("#!") or lines[0][2:].strip() == "":
+        raise JobScriptError(
+            f"The job script {where} does not start with a shebang line naming its "
+            "interpreter. Add one as its first line, e.g. '#!/usr/bin/env bash' or "
+            "'#!/usr/bin/env python3'."
+        )
+    directives = []
+    clusters = None
+    for lineno, line in enumerate(lines[1:], 2):
+        stripped = line.strip()
+        # sbatch reads directives only up to the first command.
+        if stripped != "" and not stripped.startswith("#"):
+            break
+        for prefix, name in _OTHER_SCHEDULERS.items():
+            if stripped.startswith(prefix) and (prefix != "#$" or stripped[2:3] in (" ", "")):
+                raise JobScriptError(
+                    f"The job script {where} has a {name} directive on line {lineno}: "
+                    f"{stripped!r}. StepUp Queue submits to SLURM only: translate it to an "
+                    "#SBATCH line or remove it."
+                )
+        if stripped.startswith("#SBATCH"):
+            options = _check_directive(where, lineno, stripped)
+            clusters = _find_clusters(options) or clusters
+            directives.append(stripped)
+    return JobScript(path, tuple(directives), clusters, _run_command(path, lines[0]))
+
+
+def _check_directive(where: Path, lineno: int, line: str) -> list[str]:
+    try:
+        words = shlex.split(line[len("#SBATCH") :], comments=True)
+    except ValueError as exc:
+        raise JobScriptError(
+            f"The job script {where} has an #SBATCH line that cannot be parsed on line "
+            f"{lineno}: {line!r} ({exc}). Fix its quotes."
+        ) from None
+    for word in words:
+        for long, (short, why) in _FORBIDDEN_OPTIONS.items():
+            name = word.split("=", 1)[0]
+            is_long = name.startswith("--") and len(name) >= 4 and long.startswith(name)
+            if is_long or (short is not None and word.startswith(short)):
+                raise JobScriptError(
+                    f"The job script {where} sets {long} on line {lineno}: {line!r}. "
+                    f"Remove that option: {why}."
+                )
+    return words
+
+
+def _find_clusters(words: list[str]) -> str | None:
+    for i, word in enumerate(words):
+        name, eq, value = word.partition("=")
+        if name in ("--clusters", "--cluster"):
+            return value if eq else (words[i + 1] if i + 1 < len(words) else None)
+        if word == "-M":
+            return words[i + 1] if i + 1 < len(words) else None
+        if word.startswith("-M"):
+            return word[2:]
+    return None
+
+
+def _run_command(path: Path, shebang: str) -> str:
+    if os.access(path, os.X_OK):
+        return f"./{shlex.quote(str(path))}"
+    # Not executable (e.g. rendered from a template): run it with its interpreter, as the
+    # kernel would, which passes the rest of the shebang line as one argument.
+    interpreter, _, argument = shebang[2:].strip().partition(" ")
+    words = [interpreter] + ([argument.strip()] if argument.strip() else []) + [str(path)]
+    return shlex.join(words)
+
+
+def render_wrapper(script: JobScript) -> str:
+    """Return the bash wrapper that is submitted instead of the user's script.
+
+    Parameters
+    ----------
+    script
+        The checked job script.
+
+    Returns
+    -------
+    wrapper
+        The text of the wrapper, to be passed to sbatch on standard input.
+    """
+    lines = [
+        "#!/usr/bin/env bash",
+        *script.directives,
+        "# Written by StepUp Queue: runs the job script and keeps its exit code.",
+        f": > {RET_NAME}",
+        script.command,
+        "code=$?",
+        f'echo "$code" > {RET_NAME}',
+        'exit "$code"',
+    ]
+    return "\n".join(lines) + "\n"
