@@ -17,6 +17,7 @@ MIN_JOB_AGE="${STEPUP_QUEUE_SLURM_MIN_JOB_AGE:-300}"
 NODE_CPUS="${STEPUP_QUEUE_SLURM_CPUS:-64}"
 MARKER="# Written by stepup-queue tools/local-slurm.sh"
 DB_PASS="stepup-queue-local"
+CONFIG_CHANGED=
 
 say() { echo "local-slurm: $*" >&2; }
 
@@ -64,6 +65,8 @@ write_config() {
         say "Move it away to let this script configure a local test cluster."
         exit 1
     fi
+    local old
+    old=$(cat /etc/slurm/slurm.conf 2> /dev/null || true)
     cat > /etc/slurm/slurm.conf << EOF
 $MARKER
 ClusterName=$CLUSTER
@@ -90,11 +93,13 @@ KillWait=2
 InactiveLimit=0
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
 NodeName=$host CPUs=$NODE_CPUS RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+    [[ $old == "$(< /etc/slurm/slurm.conf)" ]] || CONFIG_CHANGED=1
     cat > /etc/slurm/slurmdbd.conf << EOF
 $MARKER
 AuthType=auth/munge
@@ -184,6 +189,8 @@ start() {
     start_slurmdbd
     start_slurmctld
     start_slurmd
+    # Daemons that were already running must read a changed slurm.conf.
+    [[ -z ${CONFIG_CHANGED:-} ]] || scontrol reconfigure
     wait_for "the node to become idle" 120 node_ready
     say "cluster $CLUSTER is up: $(sinfo -h -o '%P %a %D %T' | head -n 1)"
 }

@@ -140,7 +140,7 @@ def _read_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
         return string_to_bool(value)
     except ValueError:
         raise ConfigError(
-            f"{name}={value!r} is not a boolean. Use yes/no, true/false, on/off or 1/0."
+            f"{name}={value!r} is not a boolean. Use yes/no, true/false or 1/0."
         ) from None
 
 

@@ -92,7 +92,7 @@ class CommandResult:
 def run_command(
     args: list[str] | str, *, timeout: float, stdin: str | None = None
 ) -> CommandResult:
-    """Run a command without a shell (or with one, when `args` is a string).
+    """Run a command without a shell (or with bash, when `args` is a string).
 
     A command that runs longer than `timeout` seconds is killed with its process group,
     so a hanging SLURM client never blocks a step forever.
@@ -103,6 +103,8 @@ def run_command(
         proc = subprocess.Popen(
             args,
             shell=shell,
+            # Users write rc commands for bash (source, module), not for a POSIX sh.
+            executable="/bin/bash" if shell else None,
             stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -126,6 +128,9 @@ def is_transient(result: CommandResult) -> bool:
     if result.returncode == -9:
         return True
     text = (result.stderr + result.stdout).lower()
+    if "known by database" in text:
+        # A misspelled cluster name (-M): SLURM adds "can't be reached now", but retrying won't help.
+        return False
     return any(part in text for part in _TRANSIENT_ERRORS)
 
 
@@ -147,7 +152,9 @@ def submit(wrapper: str, *, rc: str | None, token: str, timeout: float) -> Comma
     args.append(f"--comment={token}")
     if rc is None:
         return run_command(args, stdin=wrapper, timeout=timeout)
-    return run_command(f"{rc} < /dev/null && {shlex.join(args)}", stdin=wrapper, timeout=timeout)
+    # The braces keep every command of rc away from the wrapper on stdin, not just the last.
+    command = f"{{ {rc}\n}} < /dev/null && {shlex.join(args)}"
+    return run_command(command, stdin=wrapper, timeout=timeout)
 
 
 def _cluster_args(cluster: str | None) -> list[str]:
@@ -245,8 +252,9 @@ def parse_scontrol(text: str) -> tuple[dict[int, str], dict[int, str]]:
     states = {}
     comments = {}
     matches = list(_RE_SCONTROL_JOB.finditer(text))
-    for match, following in zip(matches, [*matches[1:], None], strict=True):
-        block = text[match.start() : None if following is None else following.start()]
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        block = text[match.start() : end]
         job_id = int(match.group(1))
         state = _RE_SCONTROL_STATE.search(block)
         if state is not None:

@@ -98,10 +98,11 @@ def read_job_script(path: str | Path) -> JobScript:
                     f"{stripped!r}. StepUp Queue submits to SLURM only: translate it to an "
                     "#SBATCH line or remove it."
                 )
-        if stripped.startswith("#SBATCH"):
-            options = _check_directive(where, lineno, stripped)
+        # Like sbatch, ignore indented directives.
+        if line.startswith("#SBATCH"):
+            options = _check_directive(where, lineno, line)
             clusters = _find_clusters(options) or clusters
-            directives.append(stripped)
+            directives.append(line)
     return JobScript(path, tuple(directives), clusters, _run_command(path, lines[0]))
 
 

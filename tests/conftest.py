@@ -1,0 +1,271 @@
+"""Shared fixtures: a real local SLURM and one StepUp workflow folder per test."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from path import Path
+
+# Fast but realistic settings: every test shortens polling through the documented variables.
+FAST_ENV = {
+    "STEPUP_SBATCH_CACHE_TIMEOUT": "2",
+    "STEPUP_SBATCH_POLLING_INTERVAL": "0.2",
+    "STEPUP_SBATCH_TIME_MARGIN": "0.1",
+    "STEPUP_SBATCH_RET_TIMEOUT": "5",
+    "STEPUP_SBATCH_SUBMIT_BACKOFF": "1",
+    "STEPUP_SBATCH_COMMAND_TIMEOUT": "20",
+}
+CLEARED_ENV = (
+    "STEPUP_QUEUE_ONCHANGE",
+    "STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS",
+    "STEPUP_SBATCH_DEBUG",
+    "STEPUP_SBATCH_QUERY",
+    "STEPUP_ROOT",
+)
+
+
+def sacct(*args: str) -> list[dict[str, str]]:
+    """Return SLURM's accounting records (one per job, no steps) as dictionaries."""
+    fields = "JobIDRaw,JobName,State,ExitCode,Submit,Start,End,WorkDir,Comment"
+    result = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-a", "-o", fields, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    names = fields.split(",")
+    return [
+        dict(zip(names, line.split("|", len(names) - 1), strict=True))
+        for line in result.stdout.splitlines()
+        if line.strip()
+    ]
+
+
+def scontrol_state(job_id: int) -> str | None:
+    """The state of a job in slurmctld's memory, `None` when it is not listed."""
+    result = subprocess.run(
+        ["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True
+    )
+    for word in result.stdout.split():
+        if word.startswith("JobState="):
+            return word.split("=", 1)[1]
+    return None
+
+
+@dataclass
+class Workflow:
+    """A StepUp workflow in a temporary folder, run with the real `stepup boot`."""
+
+    root: Path
+    env: dict[str, str]
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    def plan(self, body: str):
+        """Write an executable plan.py with the usual imports and the given body."""
+        header = (
+            "#!/usr/bin/env python3\n"
+            "from stepup.core.api import static, glob\n"
+            "from stepup.queue.api import sbatch\n"
+        )
+        path = self.root / "plan.py"
+        path.write_text(header + textwrap.dedent(body))
+        path.chmod(0o755)
+
+    def job(self, folder: str, body: str, *, name: str = "slurmjob.sh", mode: int = 0o755):
+        """Write a job script (dedented) into a job folder."""
+        path = self.root / folder / name
+        path.parent.makedirs_p()
+        path.write_text(textwrap.dedent(body).lstrip())
+        path.chmod(mode)
+        return path
+
+    def boot(self, *args: str, timeout: float = 240, env: dict | None = None):
+        """Run `stepup boot` to the end and return the completed process."""
+        return subprocess.run(
+            ["stepup", "boot", *args],
+            cwd=self.root,
+            env=self.env | (env or {}),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def popen(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        """Start `stepup boot` in the background, in its own process group."""
+        return subprocess.Popen(
+            ["stepup", "boot", *args],
+            cwd=self.root,
+            env=self.env | (env or {}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def kill(self, proc: subprocess.Popen):
+        """Kill a workflow started with popen() at once, as a crashing login node would."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        # StepUp refuses to boot while the killed director's socket file is left behind;
+        # removing it is what StepUp's message asks of the user.
+        director_log = self.root / ".stepup/director.log"
+        if director_log.exists():
+            Path(director_log.read_text().split("\n")[0].split()[-1]).remove_p()
+
+    def jobs(self) -> list[dict[str, str]]:
+        """SLURM's accounting records of the jobs submitted from this workflow's folders."""
+        records = sacct("-S", self.started)
+        return [r for r in records if Path(r["WorkDir"]).startswith(self.root)]
+
+    def log(self, folder: str) -> str:
+        return (self.root / folder / "slurmjob.log").read_text()
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """Make sure the local SLURM runs; tools/test.sh starts it before the tests."""
+    if shutil.which("sbatch") is None or subprocess.run(["scontrol", "ping"]).returncode != 0:
+        pytest.fail("No local SLURM: run `bash tools/local-slurm.sh start` first (as root).")
+
+
+@pytest.fixture
+def workflow(slurm, tmp_path) -> Iterator[Workflow]:
+    """A workflow folder with its own scheduler cache and fast polling settings."""
+    root = Path(tmp_path) / "wf"
+    root.makedirs_p()
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV}
+    env |= FAST_ENV | {"STEPUP_QUEUE_CACHE_DIR": str(Path(tmp_path) / "cache")}
+    # The stepup command of the Python that runs the tests.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    wf = Workflow(root, env)
+    yield wf
+    # Leave no job of this test behind in the shared local cluster.
+    ids = [r["JobIDRaw"] for r in wf.jobs() if r["State"] in ("PENDING", "RUNNING")]
+    if ids:
+        subprocess.run(["scancel", *ids], check=False)
+
+
+# Added for the tests of `stepup canceljobs` and `stepup removejobs`.
+
+
+@dataclass
+class JobTools:
+    """Real SLURM jobs with hand-written logs in a workflow folder, and the job tools to run.
+
+    `scancel` and `squeue` are replaced, first on the PATH of the workflow's environment, by
+    wrappers that log each call (one line with the arguments) and then run the real command.
+    """
+
+    workflow: Workflow
+    calls_dir: Path
+    ids: list[int] = field(default_factory=list)
+
+    def submit(
+        self,
+        folder: str,
+        *,
+        hold: bool = True,
+        command: str = "sleep 300",
+        cluster: str | None = None,
+        records: tuple[str, ...] = (),
+        ret: str | None = None,
+    ) -> int:
+        """Submit a job from `folder` with sbatch and write its log in the real format.
+
+        Parameters
+        ----------
+        folder
+            The job folder, relative to the workflow root (created when missing).
+        hold
+            Submit the job held, so it stays pending without using resources.
+        command
+            The job's command (`sbatch --wrap`).
+        cluster
+            When given, the Submitted record is `ID;CLUSTER`.
+        records
+            Extra records (e.g. states) appended after the Submitted record.
+        ret
+            When given, written to `slurmjob.ret`.
+        """
+        from stepup.queue.joblog import append_record, start_log
+
+        path = self.workflow.root / folder
+        path.makedirs_p()
+        args = ["sbatch", "--parsable", "-o", "slurmjob.out", "-e", "slurmjob.err"]
+        args += ["--hold"] if hold else []
+        result = subprocess.run(
+            [*args, "--wrap", command], cwd=path, capture_output=True, text=True, check=True
+        )
+        job_id = int(result.stdout.strip().split(";")[0])
+        self.ids.append(job_id)
+        log = path / "slurmjob.log"
+        start_log(log, "0123456789abcdef")
+        append_record(log, f"Submitted {job_id}" + ("" if cluster is None else f";{cluster}"))
+        for record in records:
+            append_record(log, record)
+        if ret is not None:
+            (path / "slurmjob.ret").write_text(ret)
+        return job_id
+
+    def run(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        """Run `stepup ARGS` in the workflow root, with the workflow's environment."""
+        return subprocess.run(
+            ["stepup", *args],
+            cwd=self.workflow.root,
+            env=self.workflow.env | (env or {}),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def calls(self, command: str) -> list[str]:
+        """The argument lists of all calls of `scancel` or `squeue` so far."""
+        path = self.calls_dir / f"{command}.txt"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def reset_calls(self):
+        for path in self.calls_dir.glob("*.txt"):
+            path.remove()
+
+
+@pytest.fixture
+def jobtools(workflow) -> Iterator[JobTools]:
+    """Helpers to test the job tools; every job submitted through them is cancelled after."""
+    bindir = workflow.root.parent / "bin"
+    calls_dir = workflow.root.parent / "calls"
+    bindir.makedirs_p()
+    calls_dir.makedirs_p()
+    for command in ("scancel", "squeue"):
+        real = shutil.which(command, path=workflow.env["PATH"])
+        wrapper = bindir / command
+        wrapper.write_text(
+            f'#!/usr/bin/env bash\necho "$*" >> {calls_dir / command}.txt\nexec {real} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+    workflow.env["PATH"] = f"{bindir}:{workflow.env['PATH']}"
+    tools = JobTools(workflow, calls_dir)
+    try:
+        yield tools
+    finally:
+        if tools.ids:
+            subprocess.run(["scancel", *map(str, tools.ids)], check=False)
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    """Poll until predicate() is true; fail with a message after the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"Timed out waiting for {what}")

@@ -1,0 +1,594 @@
+"""Unit tests of the SLURM parsers, the cache file format and the shared state cache.
+
+The parsers are fed with output captured from the real SLURM 22.05 of the local test cluster,
+see `tests/data/README.md`.
+"""
+
+import os
+import shutil
+import subprocess
+import textwrap
+import time
+from datetime import datetime, timedelta
+
+import pytest
+from path import Path
+
+from stepup.queue.config import Config, ConfigError, QueryMethod
+from stepup.queue.scheduler import (
+    CommandResult,
+    StateCache,
+    cancel,
+    find_by_token,
+    format_cache,
+    is_transient,
+    parse_cache,
+    parse_sacct,
+    parse_scontrol,
+    parse_squeue,
+    run_command,
+    sacct_state,
+    squeue_command,
+    submit,
+)
+
+DATA = Path(__file__).parent / "data"
+
+# What SLURM knew when squeue_me.txt, scontrol_show_job*.txt were captured.
+STATES = {
+    3: "COMPLETED",
+    4: "COMPLETED",
+    5: "COMPLETED",
+    6: "COMPLETED",
+    7: "FAILED",
+    8: "RUNNING",
+    9: "PENDING",
+}
+COMMENTS = {
+    3: "stepup-queue-ef2c3f0461ab784a",
+    6: "stepup-queue-0123456789abcdef",
+    8: "stepup-queue-fedcba9876543210",
+}
+STATES_AFTER_SCANCEL = STATES | {8: "CANCELLED", 9: "CANCELLED"}
+
+
+def data(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+# parse_squeue
+
+
+@pytest.mark.parametrize("name", ["squeue_me.txt", "squeue_me_localcluster.txt"])
+def test_parse_squeue_captured(name):
+    states, comments = parse_squeue(data(name))
+    assert states == STATES
+    assert comments == COMMENTS
+
+
+@pytest.mark.parametrize("name", ["squeue_me_after_scancel.txt", "squeue_me_localcluster_no_h.txt"])
+def test_parse_squeue_captured_after_scancel(name):
+    # The second file starts with "CLUSTER: localcluster" and "JOBID|STATE|COMMENT".
+    states, comments = parse_squeue(data(name))
+    assert states == STATES_AFTER_SCANCEL
+    assert comments == COMMENTS
+
+
+def test_parse_squeue_skips_what_is_not_a_plain_job():
+    lines = [
+        "CLUSTER: other",
+        "",
+        "JOBID|STATE|COMMENT",
+        "12_3|PENDING|(null)",
+        "12_[4-9]|PENDING|(null)",
+        "15+0|RUNNING|(null)",
+        "16|RUNNING",
+        "17|RUNNING|with|bars",
+        "  18|COMPLETING|  ",
+        "19|PENDING|",
+    ]
+    states, comments = parse_squeue("\n".join(lines) + "\n")
+    assert states == {17: "RUNNING", 18: "COMPLETING", 19: "PENDING"}
+    assert comments == {17: "with|bars"}
+
+
+def test_parse_squeue_empty():
+    assert parse_squeue("") == ({}, {})
+
+
+# parse_scontrol
+
+
+@pytest.mark.parametrize("name", ["scontrol_show_job.txt", "scontrol_show_job_oneline.txt"])
+def test_parse_scontrol_captured(name):
+    states, comments = parse_scontrol(data(name))
+    assert states == STATES
+    assert comments == COMMENTS
+
+
+def test_parse_scontrol_captured_with_cluster_after_scancel():
+    states, comments = parse_scontrol(data("scontrol_show_job_cluster_after_scancel.txt"))
+    assert states == STATES_AFTER_SCANCEL
+    assert comments == COMMENTS
+
+
+def test_parse_scontrol_agrees_with_parse_squeue():
+    assert parse_scontrol(data("scontrol_show_job.txt")) == parse_squeue(data("squeue_me.txt"))
+
+
+def test_parse_scontrol_other_fields_are_not_taken_for_comment_or_state():
+    text = (
+        "JobId=21 JobName=x AdminComment=admin SystemComment=sys JobState=RUNNING Reason=None\n"
+        "JobId=22 JobName=y\n   JobState=PENDING Reason=JobHeldUser\n   Comment=tok \n"
+    )
+    states, comments = parse_scontrol(text)
+    assert states == {21: "RUNNING", 22: "PENDING"}
+    assert comments == {22: "tok"}
+
+
+@pytest.mark.parametrize("text", ["", "No jobs in the system\n"])
+def test_parse_scontrol_no_jobs(text):
+    # What `scontrol show job` prints (exit code 0) when slurmctld has no jobs in memory.
+    assert parse_scontrol(text) == ({}, {})
+
+
+# parse_sacct
+
+
+def test_parse_sacct_captured():
+    jobs = parse_sacct(data("sacct_jobs.txt"))
+    # "CANCELLED by 0" becomes CANCELLED; this cluster does not store comments in the database.
+    assert jobs == {
+        1: ("COMPLETED", ""),
+        2: ("COMPLETED", ""),
+        3: ("COMPLETED", ""),
+        4: ("COMPLETED", ""),
+        5: ("COMPLETED", ""),
+        6: ("COMPLETED", ""),
+        7: ("FAILED", ""),
+        8: ("CANCELLED", ""),
+    }
+
+
+def test_parse_sacct_with_comments_and_without_comment_column():
+    text = textwrap.dedent(
+        """\
+        31|CANCELLED by 1000|stepup-queue-0123456789abcdef
+        32|COMPLETED|has|bars
+        33|TIMEOUT
+        34||
+        35_1|COMPLETED|x
+        35.batch|COMPLETED|x
+        JobIDRaw|State|Comment
+        """
+    )
+    assert parse_sacct(text) == {
+        31: ("CANCELLED", "stepup-queue-0123456789abcdef"),
+        32: ("COMPLETED", "has|bars"),
+        33: ("TIMEOUT", ""),
+        34: ("UNKNOWN", ""),
+    }
+
+
+# The cache file format
+
+
+def test_format_cache():
+    text = format_cache(datetime(2026, 11, 25, 10, 1, 2), 0, "1|RUNNING|(null)\n")
+    assert text == "v1 datetime=2026-11-25T10:01:02.000000 returncode=+000\n1|RUNNING|(null)\n"
+
+
+def test_format_cache_has_the_fixed_layout_stepup_queue_102_reads():
+    # StepUp Queue 1.0.2 shares sbatch_wait.out and reads fixed columns of the header.
+    text = format_cache(datetime(2026, 11, 25, 10, 1, 2, 345678), -9, "")
+    header = text[:55]
+    assert header.endswith("\n")
+    assert header.startswith("v1 datetime=")
+    assert datetime.fromisoformat(header[12:38]) == datetime(2026, 11, 25, 10, 1, 2, 345678)
+    assert int(header[50:54]) == -9
+
+
+@pytest.mark.parametrize("returncode", [0, 1, 2, 127, 255, -9, -15, 1000])
+def test_cache_round_trip(returncode):
+    now = datetime.now()
+    output = "8|RUNNING|stepup-queue-fedcba9876543210\n9|PENDING|(null)\n"
+    assert parse_cache(format_cache(now, returncode, output)) == (now, returncode, output)
+
+
+def test_parse_cache_written_by_stepup_queue_102():
+    header = "v1 datetime=2025-03-04T10:01:02.345678 returncode=-001\n"
+    text = header + data("scontrol_show_job.txt")
+    assert parse_cache(text) == (
+        datetime(2025, 3, 4, 10, 1, 2, 345678),
+        -1,
+        data("scontrol_show_job.txt"),
+    )
+
+
+def test_parse_cache_empty_output():
+    assert parse_cache("v1 datetime=2026-11-25T10:01:02.000000 returncode=+000\n") == (
+        datetime(2026, 11, 25, 10, 1, 2),
+        0,
+        "",
+    )
+
+
+CORRUPT_CACHES = {
+    "empty": "",
+    "zero bytes": "\x00" * 200,
+    "truncated header": "v1 datetime=2026-11-25T10:0",
+    "header without newline": "v1 datetime=2026-11-25T10:01:02.000000 returncode=+000",
+    "newer format": "v2 datetime=2026-11-25T10:01:02.000000 returncode=+000\n1|RUNNING|\n",
+    "newer v1 header": "v1 datetime=2026-11-25T10:01:02.000000 returncode=+000 host=a\n",
+    "short datetime": "v1 datetime=2026-11-25T10:01:02 returncode=+000\n",
+    "invalid datetime": "v1 datetime=2026-13-45T10:01:02.000000 returncode=+000\n",
+    "no sign": "v1 datetime=2026-11-25T10:01:02.000000 returncode=000\n",
+    "output only": "1|RUNNING|(null)\n",
+}
+
+
+@pytest.mark.parametrize("text", CORRUPT_CACHES.values(), ids=CORRUPT_CACHES.keys())
+def test_parse_cache_invalid(text):
+    assert parse_cache(text) is None
+
+
+# is_transient
+
+
+@pytest.mark.parametrize(
+    ("name", "transient"),
+    [
+        ("squeue_no_controller.err", True),
+        ("sbatch_no_controller.err", True),
+        ("sbatch_bad_partition.err", False),
+        ("sbatch_bad_cluster.err", False),
+    ],
+)
+def test_is_transient_captured_errors(name, transient):
+    result = CommandResult("sbatch --parsable", 1, "", data(name))
+    assert is_transient(result) is transient
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stderr", "transient"),
+    [
+        (-9, "timed out after 60 s", True),
+        (-9, "", True),
+        (1, "sbatch: error: Batch job submission failed: Socket timed out on send/recv", True),
+        (1, "slurm_load_jobs error: Connection refused", True),
+        (1, "squeue: error: Problem talking to database", True),
+        (1, "sbatch: error: Batch job submission failed: Resource temporarily unavailable", True),
+        (1, "sbatch: error: Batch job submission failed: Invalid account", False),
+        (1, "sbatch: error: Batch job submission failed: Requested time limit is invalid", False),
+        (127, "command not found: sbatch", False),
+    ],
+)
+def test_is_transient(returncode, stderr, transient):
+    assert is_transient(CommandResult("sbatch", returncode, "", stderr)) is transient
+
+
+# run_command
+
+
+def test_run_command_output_and_stdin():
+    result = run_command(["cat"], timeout=10, stdin="hello\n")
+    assert result == CommandResult("cat", 0, "hello\n", "")
+    result = run_command("echo out; echo err >&2; exit 4", timeout=10)
+    assert result.returncode == 4
+    assert result.stdout == "out\n"
+    assert result.stderr == "err\n"
+    assert result.command == "echo out; echo err >&2; exit 4"
+    assert result.describe() == "`echo out; echo err >&2; exit 4` exited with code 4: err"
+
+
+def test_run_command_quotes_the_command_for_messages():
+    result = run_command(["printf", "%s", "a b"], timeout=10)
+    assert result.command == "printf %s 'a b'"
+    assert result.stdout == "a b"
+    assert CommandResult("x", 1, "", "").describe() == "`x` exited with code 1: (nothing printed)"
+
+
+def test_run_command_timeout():
+    start = time.monotonic()
+    result = run_command(["sleep", "10"], timeout=0.5)
+    assert time.monotonic() - start < 3
+    assert result.returncode == -9
+    assert result.stderr.endswith("timed out after 0.5 s")
+    assert is_transient(result)
+
+
+def test_run_command_timeout_kills_the_whole_process_group():
+    # A child that keeps the output pipe open must not keep run_command waiting.
+    start = time.monotonic()
+    result = run_command("echo partial; sleep 10 & sleep 10; echo never", timeout=0.5)
+    assert time.monotonic() - start < 3
+    assert result.returncode == -9
+    assert result.stdout == "partial\n"
+
+
+def test_run_command_not_found():
+    result = run_command(["no-such-command-stepup-queue", "-x"], timeout=10)
+    assert result.returncode == 127
+    assert result.stderr == "command not found: no-such-command-stepup-queue"
+    assert "no-such-command-stepup-queue" in result.describe()
+    assert not is_transient(result)
+    result = run_command("no-such-command-stepup-queue -x", timeout=10)
+    assert result.returncode == 127
+
+
+# Commands, with fake SLURM clients that record how they were called
+
+
+@pytest.fixture
+def fakebin(tmp_path, monkeypatch):
+    """A folder first on PATH, with a function to put a script in it."""
+    folder = Path(tmp_path) / "bin"
+    folder.makedirs_p()
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+
+    def add(name: str, body: str) -> Path:
+        path = folder / name
+        path.write_text("#!/bin/bash\n" + textwrap.dedent(body))
+        path.chmod(0o755)
+        return path
+
+    return add
+
+
+def test_squeue_command():
+    assert squeue_command(None) == ["squeue", "--me", "-t", "all", "-h", "-o", "%i|%T|%k"]
+    assert squeue_command("c1") == [
+        "squeue",
+        "-M",
+        "c1",
+        "--me",
+        "-t",
+        "all",
+        "-h",
+        "-o",
+        "%i|%T|%k",
+    ]
+
+
+def test_cancel_at_most_100_per_call(fakebin, tmp_path):
+    calls = Path(tmp_path) / "calls.txt"
+    fakebin("scancel", f'echo "$*" >> {calls}\n')
+    results = cancel(range(250, 0, -1), "c1", timeout=10)
+    assert [r.returncode for r in results] == [0, 0, 0]
+    lines = calls.read_text().splitlines()
+    assert lines == [
+        "-M c1 " + " ".join(map(str, range(1, 101))),
+        "-M c1 " + " ".join(map(str, range(101, 201))),
+        "-M c1 " + " ".join(map(str, range(201, 251))),
+    ]
+    assert cancel([], None, timeout=10) == []
+
+
+def test_submit(fakebin, tmp_path):
+    calls = Path(tmp_path) / "calls.txt"
+    stdin = Path(tmp_path) / "stdin.txt"
+    fakebin("sbatch", f'echo "$*" >> {calls}\ncat > {stdin}\necho 77\n')
+    token = "stepup-queue-0123456789abcdef"
+    result = submit("#!/usr/bin/env bash\ntrue\n", rc=None, token=token, timeout=10)
+    assert result.returncode == 0
+    assert result.stdout == "77\n"
+    assert calls.read_text() == f"--parsable -o slurmjob.out -e slurmjob.err --comment={token}\n"
+    assert stdin.read_text() == "#!/usr/bin/env bash\ntrue\n"
+
+
+def test_submit_rc(fakebin, tmp_path):
+    calls = Path(tmp_path) / "calls.txt"
+    fakebin("sbatch", f'echo "$* X=$X" >> {calls}\ncat > /dev/null\necho 78\n')
+    token = "stepup-queue-0123456789abcdef"
+    # The rc command runs in the same shell, so what it exports reaches sbatch ...
+    result = submit("wrapper", rc="export X=1", token=token, timeout=10)
+    assert result.returncode == 0
+    assert calls.read_text().endswith(" X=1\n")
+    # ... and sbatch does not run when it fails.
+    calls.remove()
+    result = submit("wrapper", rc="false", token=token, timeout=10)
+    assert result.returncode == 1
+    assert not calls.exists()
+
+
+@pytest.mark.parametrize("rc", ["cat > /dev/null", "true; cat > /dev/null"])
+def test_submit_rc_does_not_read_the_wrapper(fakebin, tmp_path, rc):
+    stdin = Path(tmp_path) / "stdin.txt"
+    fakebin("sbatch", f"cat > {stdin}\necho 79\n")
+    result = submit("the wrapper\n", rc=rc, token="stepup-queue-0123456789abcdef", timeout=10)
+    assert result.returncode == 0
+    assert stdin.read_text() == "the wrapper\n"
+
+
+@pytest.mark.parametrize("rc", ["cat > /dev/null; true", "cat > /dev/null && true"])
+def test_submit_compound_rc_does_not_read_the_wrapper(fakebin, tmp_path, rc):
+    stdin = Path(tmp_path) / "stdin.txt"
+    fakebin("sbatch", f"cat > {stdin}\necho 79\n")
+    result = submit("the wrapper\n", rc=rc, token="stepup-queue-0123456789abcdef", timeout=10)
+    assert result.returncode == 0
+    assert stdin.read_text() == "the wrapper\n"
+
+
+# StateCache
+
+
+@pytest.fixture
+def logged_squeue(fakebin, tmp_path) -> Path:
+    """A squeue first on PATH that logs each call and then runs the real one."""
+    real = shutil.which("squeue")
+    assert real is not None
+    calls = Path(tmp_path) / "squeue_calls.txt"
+    calls.write_text("")
+    fakebin("squeue", f'echo "$*" >> {calls}\nexec {real} "$@"\n')
+    return calls
+
+
+def check_cache_file(path: Path, since: datetime):
+    """The cache file holds a valid v1 header of a query run after `since`."""
+    text = path.read_text()
+    assert text.startswith("v1 datetime=")
+    cached = parse_cache(text)
+    assert cached is not None
+    assert since <= cached[0] <= datetime.now()
+    assert cached[1] == 0
+    return cached
+
+
+def test_state_cache_paths_and_commands(tmp_path):
+    folder = Path(tmp_path) / "cache"
+    config = Config(cache_dir=folder)
+    assert StateCache(config, None).path == folder / "squeue_me.out"
+    assert StateCache(config, "c1").path == folder / "squeue_me.c1.out"
+    assert StateCache(config, "c1").command() == squeue_command("c1")
+    config = Config(cache_dir=folder, query=QueryMethod.SCONTROL)
+    # The file names StepUp Queue 1.0.2 uses for its scontrol cache.
+    assert StateCache(config, None).path == folder / "sbatch_wait.out"
+    assert StateCache(config, "c1").path == folder / "sbatch_wait.c1.out"
+    assert StateCache(config, None).command() == ["scontrol", "show", "job"]
+    assert StateCache(config, "c1").command() == ["scontrol", "show", "job", "--cluster=c1"]
+
+
+def test_state_cache_queries_once_within_timeout(slurm, tmp_path, logged_squeue):
+    config = Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=60)
+    cache = StateCache(config, None)
+    before = datetime.now()
+    first = cache.snapshot()
+    second = cache.snapshot()
+    assert logged_squeue.read_text() == "--me -t all -h -o %i|%T|%k\n"
+    assert first.ok
+    assert second == first
+    _, _, output = check_cache_file(cache.path, before)
+    assert parse_squeue(output) == (first.states, first.comments)
+    assert (Path(tmp_path) / "cache" / "squeue_me.out.lock").is_file()
+    # force=True asks SLURM again.
+    third = cache.snapshot(force=True)
+    assert logged_squeue.read_text().count("\n") == 2
+    assert third.time > first.time
+
+
+def test_state_cache_with_cluster(slurm, tmp_path, logged_squeue):
+    config = Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=60)
+    cache = StateCache(config, "localcluster")
+    before = datetime.now()
+    snapshot = cache.snapshot()
+    cache.snapshot()
+    assert logged_squeue.read_text() == "-M localcluster --me -t all -h -o %i|%T|%k\n"
+    assert snapshot.ok
+    check_cache_file(Path(tmp_path) / "cache" / "squeue_me.localcluster.out", before)
+
+
+def test_state_cache_timeout_zero_always_queries(slurm, tmp_path, logged_squeue):
+    cache = StateCache(Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=0), None)
+    cache.snapshot()
+    cache.snapshot()
+    assert logged_squeue.read_text().count("\n") == 2
+
+
+RECOVERED = CORRUPT_CACHES | {
+    "stale": format_cache(datetime.now() - timedelta(hours=1), 0, "1|RUNNING|(null)\n"),
+    "from the future": format_cache(datetime.now() + timedelta(hours=1), 0, "1|RUNNING|\n"),
+}
+
+
+@pytest.mark.parametrize("text", RECOVERED.values(), ids=RECOVERED.keys())
+def test_state_cache_recovers_from_bad_cache_file(slurm, tmp_path, logged_squeue, text):
+    config = Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=3600)
+    cache = StateCache(config, None)
+    cache.path.parent.makedirs_p()
+    cache.path.write_text(text)
+    before = datetime.now()
+    snapshot = cache.snapshot()
+    assert logged_squeue.read_text().count("\n") == 1
+    assert snapshot.ok
+    assert 1 not in snapshot.states or snapshot.states[1] != "RUNNING"
+    check_cache_file(cache.path, before)
+    # The repaired cache is used from now on.
+    assert cache.snapshot() == snapshot
+    assert logged_squeue.read_text().count("\n") == 1
+
+
+def test_state_cache_sees_a_real_job(slurm, tmp_path):
+    token = "stepup-queue-" + os.urandom(8).hex()
+    result = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--hold",
+            f"--comment={token}",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "true",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job_id = int(result.stdout)
+    try:
+        config = Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=60)
+        snapshot = StateCache(config, None).snapshot()
+        assert snapshot.states[job_id] == "PENDING"
+        assert snapshot.comments[job_id] == token
+        scontrol = Config(cache_dir=config.cache_dir, query=QueryMethod.SCONTROL)
+        snapshot = StateCache(scontrol, None).snapshot()
+        assert snapshot.states[job_id] == "PENDING"
+        assert snapshot.comments[job_id] == token
+        assert find_by_token(token, None, datetime.now(), config) == (True, job_id)
+        other = "stepup-queue-" + os.urandom(8).hex()
+        assert find_by_token(other, None, datetime.now(), config) == (True, None)
+    finally:
+        subprocess.run(["scancel", str(job_id)], check=True)
+    deadline = time.monotonic() + 30
+    while sacct_state(job_id, None, timeout=20) != "CANCELLED" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sacct_state(job_id, None, timeout=20) == "CANCELLED"
+
+
+def test_state_cache_caches_a_failed_query(tmp_path, fakebin):
+    calls = Path(tmp_path) / "calls.txt"
+    error = data("squeue_no_controller.err")
+    fakebin("squeue", f"echo x >> {calls}\ncat {DATA / 'squeue_no_controller.err'} >&2\nexit 1\n")
+    cache = StateCache(Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=60), None)
+    snapshot = cache.snapshot()
+    assert not snapshot.ok
+    assert snapshot.returncode == 1
+    assert snapshot.error == error
+    assert snapshot.states == {}
+    # Every waiting step backs off instead of asking the struggling controller again.
+    assert cache.snapshot() == snapshot
+    assert calls.read_text() == "x\n"
+    assert cache.path.read_text().splitlines()[0].endswith(" returncode=+001")
+
+
+def test_state_cache_scontrol(tmp_path, fakebin):
+    calls = Path(tmp_path) / "calls.txt"
+    fakebin("scontrol", f'echo "$*" >> {calls}\ncat {DATA / "scontrol_show_job.txt"}\n')
+    config = Config(cache_dir=Path(tmp_path) / "cache", query=QueryMethod.SCONTROL)
+    snapshot = StateCache(config, "localcluster").snapshot()
+    assert snapshot.ok
+    assert snapshot.states == STATES
+    assert snapshot.comments == COMMENTS
+    assert calls.read_text() == "show job --cluster=localcluster\n"
+    assert (config.cache_dir / "sbatch_wait.localcluster.out").is_file()
+
+
+def test_state_cache_scontrol_no_jobs(tmp_path, fakebin):
+    fakebin("scontrol", 'echo "No jobs in the system"\n')
+    config = Config(cache_dir=Path(tmp_path) / "cache", query=QueryMethod.SCONTROL)
+    snapshot = StateCache(config, None).snapshot()
+    assert snapshot.ok
+    assert snapshot.states == {}
+
+
+def test_check_writable(tmp_path):
+    StateCache(Config(cache_dir=Path(tmp_path) / "a" / "b"), None).check_writable()
+    assert (Path(tmp_path) / "a" / "b" / "squeue_me.out.lock").is_file()
+    blocker = Path(tmp_path) / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError) as excinfo:
+        StateCache(Config(cache_dir=blocker / "cache"), None).check_writable()
+    message = str(excinfo.value)
+    assert f"Cannot use the shared scheduler cache in {blocker / 'cache'}" in message
+    assert "STEPUP_QUEUE_CACHE_DIR" in message
