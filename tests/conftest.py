@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 from path import Path
 
+from stepup.queue.joblog import FORMAT_LINE
+
 # Fast but realistic settings: every test shortens polling through the documented variables.
 FAST_ENV = {
     "STEPUP_SBATCH_CACHE_TIMEOUT": "2",
@@ -125,6 +127,30 @@ class Workflow:
         """SLURM's accounting records of the jobs submitted from this workflow's folders."""
         records = sacct("-S", self.started)
         return [r for r in records if Path(r["WorkDir"]).startswith(self.root)]
+
+    def final_jobs(self, count: int) -> list[dict[str, str]]:
+        """Wait until sacct lists `count` jobs of the workflow, all ended, and return them."""
+
+        def ready():
+            jobs = self.jobs()
+            return len(jobs) >= count and all(
+                j["State"] not in ("PENDING", "RUNNING", "REQUEUED") for j in jobs
+            )
+
+        wait_for(ready, 60, "sacct to record the end of the jobs")
+        return self.jobs()
+
+    def step_digest(self, folder: str) -> str:
+        """The input digest of the sbatch step of a job folder, as StepUp computes it.
+
+        A log with a placeholder digest makes the step fail (nothing is submitted) with a
+        message that shows the step's real digest; the placeholder log is removed again.
+        """
+        log = self.root / folder / "slurmjob.log"
+        log.write_text(f"{FORMAT_LINE}\nPLACEHOLDER\n")
+        result = self.boot()
+        log.remove()
+        return result.stdout.split("digest of the step:")[1].split()[0]
 
     def log(self, folder: str) -> str:
         return (self.root / folder / "slurmjob.log").read_text()

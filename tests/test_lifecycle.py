@@ -4,7 +4,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import Workflow, scontrol_state
+from conftest import Workflow, scontrol_state, wait_for
 
 from stepup.queue.joblog import FORMAT_LINE, read_log
 
@@ -12,29 +12,6 @@ SIMPLE_PLAN = """
 static("job/", "job/slurmjob.sh")
 sbatch("job/")
 """
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    """Poll until predicate() is true; fail with a message after the timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"Timed out waiting for {what}")
-
-
-def final_jobs(wf: Workflow, count: int) -> list[dict[str, str]]:
-    """Wait until sacct lists `count` jobs of the workflow, all in a final state."""
-
-    def ready():
-        jobs = wf.jobs()
-        return len(jobs) >= count and all(
-            j["State"] not in ("PENDING", "RUNNING", "REQUEUED") for j in jobs
-        )
-
-    wait_for(ready, 60, "sacct to record the jobs' end")
-    return wf.jobs()
 
 
 def test_success(workflow: Workflow):
@@ -54,7 +31,7 @@ def test_success(workflow: Workflow):
     assert (job / "slurmjob.err").read_text() == ""
     assert (job / "slurmjob.ret").read_text().strip() == "0"
     log = read_log(job / "slurmjob.log")
-    (record,) = final_jobs(workflow, 1)
+    (record,) = workflow.final_jobs(1)
     assert record["JobIDRaw"] == str(log.job_id)
     assert record["State"] == "COMPLETED"
     assert record["JobName"] == "success"
@@ -79,7 +56,7 @@ def test_failure(workflow: Workflow):
     assert (job / "slurmjob.err").read_text() == "broken\n"
     assert "FAIL" in result.stdout
     assert "exit code 3" in result.stdout
-    (record,) = final_jobs(workflow, 1)
+    (record,) = workflow.final_jobs(1)
     assert record["State"] == "FAILED"
     assert record["ExitCode"] == "3:0"
 
@@ -102,7 +79,7 @@ def test_python_script(workflow: Workflow):
     result = workflow.boot()
     assert result.returncode == 0, result.stdout
     assert (workflow.root / "py/slurmjob.out").read_text() == "python 3\n"
-    (record,) = final_jobs(workflow, 1)
+    (record,) = workflow.final_jobs(1)
     assert record["JobName"] == "pyjob"
 
 
@@ -181,7 +158,7 @@ def test_cluster(workflow: Workflow):
     log = read_log(workflow.root / "job/slurmjob.log")
     assert log.cluster == "localcluster"
     assert f"Submitted {log.job_id};localcluster" in workflow.log("job")
-    (record,) = final_jobs(workflow, 1)
+    (record,) = workflow.final_jobs(1)
     assert record["JobIDRaw"] == str(log.job_id)
 
 
@@ -197,7 +174,7 @@ def test_rerun_submits_nothing(workflow: Workflow):
     result = workflow.boot()
     assert result.returncode == 0, result.stdout
     assert workflow.log("job") == log_before
-    assert len(final_jobs(workflow, 1)) == 1
+    assert len(workflow.final_jobs(1)) == 1
 
 
 def test_killed_workflow_reattaches(workflow: Workflow):
@@ -222,7 +199,7 @@ def test_killed_workflow_reattaches(workflow: Workflow):
     assert "submitted earlier" in result.stdout
     assert read_log(log_path).job_id == job_id
     assert (workflow.root / "job/slurmjob.out").read_text() == "survived\n"
-    (record,) = final_jobs(workflow, 1)
+    (record,) = workflow.final_jobs(1)
     assert record["JobIDRaw"] == str(job_id)
 
 
@@ -274,7 +251,7 @@ def test_changed_inputs_resubmit(workflow: Workflow, env: dict[str, str]):
     new_log = read_log(workflow.root / "job/slurmjob.log")
     assert new_log.job_id != old_id
     assert (workflow.root / "job/slurmjob.out").read_text() == "0\n"
-    states = {r["JobIDRaw"]: r["State"] for r in final_jobs(workflow, 2)}
+    states = {r["JobIDRaw"]: r["State"] for r in workflow.final_jobs(2)}
     assert states[str(old_id)].startswith("CANCELLED")
     assert states[str(new_log.job_id)] == "COMPLETED"
 
@@ -288,7 +265,7 @@ def test_changed_inputs_ignore(workflow: Workflow):
     assert read_log(workflow.root / "job/slurmjob.log").job_id == old_id
     assert f"Job {old_id}" in result.stdout
     assert "CANCELLED" in result.stdout
-    assert len(final_jobs(workflow, 1)) == 1
+    assert len(workflow.final_jobs(1)) == 1
 
 
 def test_cancelled_job(workflow: Workflow):
@@ -312,8 +289,8 @@ def test_resume_log_written_by_1_0_2(workflow: Workflow):
     workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\nsleep 3\necho old style\n")
     job = workflow.root / "job"
-    # Learn the step's digest from a blocked first boot is not possible, so submit by hand
-    # and write the log with the digest StepUp reports after a first (failing) run.
+    digest = workflow.step_digest("job")
+    # Submitted by hand with a wrapper like 1.0.2's, and logged in 1.0.2's format.
     out = subprocess.run(
         ["sbatch", "--parsable", "-o", "slurmjob.out", "-e", "slurmjob.err"],
         input="#!/usr/bin/env bash\n: > slurmjob.ret\n./slurmjob.sh\necho $? > slurmjob.ret\n",
@@ -323,16 +300,11 @@ def test_resume_log_written_by_1_0_2(workflow: Workflow):
         check=True,
     ).stdout.strip()
     log = job / "slurmjob.log"
-    log.write_text(f"{FORMAT_LINE}\nPLACEHOLDER\n2026-01-01T00:00:00.000000 Submitted {out}\n")
-    # The first boot reports the digest mismatch, which tells us the step's digest.
-    first = workflow.boot()
-    assert first.returncode != 0
-    digest = first.stdout.split("digest of the step:")[1].split()[0]
-    log.write_text(log.read_text().replace("PLACEHOLDER", digest))
+    log.write_text(f"{FORMAT_LINE}\n{digest}\n2026-01-01T00:00:00 Submitted {out}\n")
     result = workflow.boot()
     assert result.returncode == 0, result.stdout
     assert (job / "slurmjob.out").read_text() == "old style\n"
-    assert len(final_jobs(workflow, 1)) == 1
+    assert len(workflow.final_jobs(1)) == 1
     assert read_log(log).job_id == int(out)
 
 

@@ -12,7 +12,7 @@ set -euo pipefail
 
 CLUSTER="${STEPUP_QUEUE_TEST_CLUSTER:-localcluster}"
 STATE="${STEPUP_QUEUE_SLURM_STATE:-/var/lib/stepup-queue-slurm}"
-MIN_JOB_AGE="${STEPUP_QUEUE_SLURM_MIN_JOB_AGE:-300}"
+MIN_JOB_AGE="${STEPUP_QUEUE_SLURM_MIN_JOB_AGE:-30}"
 # More CPUs than the machine has, so that tests with many short jobs need not queue them.
 NODE_CPUS="${STEPUP_QUEUE_SLURM_CPUS:-64}"
 MARKER="# Written by stepup-queue tools/local-slurm.sh"
@@ -184,13 +184,16 @@ start() {
     [[ $(id -u) == 0 ]] || { say "run me as root"; exit 1; }
     install_packages
     write_config
+    if [[ -n $CONFIG_CHANGED ]]; then
+        # Some settings (e.g. SelectType) are read only when the daemons start; jobs survive.
+        stop_pidfile "$STATE/run/slurmd.pid" slurmd
+        stop_pidfile "$STATE/run/slurmctld.pid" slurmctld
+    fi
     start_munge
     start_mariadb
     start_slurmdbd
     start_slurmctld
     start_slurmd
-    # Daemons that were already running must read a changed slurm.conf.
-    [[ -z ${CONFIG_CHANGED:-} ]] || scontrol reconfigure
     wait_for "the node to become idle" 120 node_ready
     say "cluster $CLUSTER is up: $(sinfo -h -o '%P %a %D %T' | head -n 1)"
 }

@@ -11,7 +11,7 @@ import sys
 from stepup.core.worker import WorkThread
 
 from .config import Config
-from .lifecycle import run_job
+from .lifecycle import JobError, run_job
 
 __all__ = ("parse_sbatch_args", "sbatch")
 
@@ -66,10 +66,17 @@ def sbatch(argstr: str, work_thread: WorkThread) -> int:
     returncode
         The exit code of the job script, or 1 when the job could not run or did not finish.
     """
-    args = parse_sbatch_args(argstr)
     try:
+        args = parse_sbatch_args(argstr)
         return run_job(args.ext, args.rc, Config.from_environ())
-    except ValueError as exc:
-        # Bad input or configuration: the message says what to fix, a traceback would not help.
+    except (ValueError, JobError) as exc:
+        # The message says what went wrong and what to do: a traceback would not help.
         print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "Interrupted while waiting. The job is left alone: a new `stepup boot` waits for it "
+            "again, `stepup canceljobs` cancels it.",
+            file=sys.stderr,
+        )
         return 1

@@ -129,7 +129,7 @@ def is_transient(result: CommandResult) -> bool:
         return True
     text = (result.stderr + result.stdout).lower()
     if "known by database" in text:
-        # A misspelled cluster name (-M): SLURM adds "can't be reached now", but retrying won't help.
+        # A misspelled -M cluster: SLURM adds "can't be reached now", but retrying won't help.
         return False
     return any(part in text for part in _TRANSIENT_ERRORS)
 
