@@ -238,3 +238,25 @@ def test_no_home_no_xdg(environ):
 def test_no_home_no_xdg_but_explicit_cache_dir():
     config = Config.from_environ({"STEPUP_QUEUE_CACHE_DIR": "/tmp/sq-cache"})
     assert config.cache_dir == Path("/tmp/sq-cache")
+
+
+@pytest.mark.parametrize(
+    ("age", "expected"),
+    [
+        (None, (1.0, 1.5)),
+        (0.0, (0.2, 0.3)),
+        (2.0, (0.2, 0.3)),
+        (10.0, (0.5, 0.75)),
+        (20.0, (1.0, 1.5)),
+        (3600.0, (1.0, 1.5)),
+    ],
+)
+def test_sleep_range_looks_at_young_jobs_more_often(age, expected):
+    config = read()
+    low, high = config.sleep_range(age)
+    assert low == pytest.approx(expected[0])
+    assert high == pytest.approx(expected[1])
+
+
+def test_debug_sleep_range_ignores_age():
+    assert read(STEPUP_SBATCH_DEBUG="1").sleep_range(0.0) == (1.0, 1.0)

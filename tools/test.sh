@@ -7,4 +7,6 @@ bash tools/setup-venv.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 ruff format --check .
-exec pytest -n 4 --durations=15 "$@"
+# Independent tests in parallel, then the ones that stop SLURM daemons, one at a time.
+pytest -n 4 --durations=10 -m "not disruptive" "$@"
+pytest --durations=5 -m disruptive "$@"

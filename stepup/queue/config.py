@@ -54,7 +54,9 @@ class Config:
     cache_timeout
         `STEPUP_SBATCH_CACHE_TIMEOUT`: seconds a cached scheduler answer is reused.
     polling_interval
-        `STEPUP_SBATCH_POLLING_INTERVAL`: minimal seconds between two looks at a job.
+        `STEPUP_SBATCH_POLLING_INTERVAL`: seconds between two looks at `slurmjob.ret` of a
+        job that has been waiting for a while (jobs younger than 20 intervals are looked at
+        more often, see `sleep_range`).
     time_margin
         `STEPUP_SBATCH_TIME_MARGIN`: maximal random extra seconds added to each sleep,
         and the margin after submission before a scheduler answer is trusted.
@@ -125,11 +127,24 @@ class Config:
             cache_dir=_cache_dir(environ),
         )
 
-    def sleep_range(self) -> tuple[float, float]:
-        """Return the bounds of the random sleep between two looks at a job."""
+    def sleep_range(self, age: float | None = None) -> tuple[float, float]:
+        """Return the bounds of the random sleep between two looks at a job.
+
+        Parameters
+        ----------
+        age
+            Seconds since the job was submitted, `None` when unknown.
+            Young jobs are looked at more often, down to a fifth of the polling interval,
+            so that a short job is noticed quickly; from an age of 20 polling intervals on,
+            the sleep is the full interval (plus up to the time margin).
+        """
         if self.debug:
             return 1.0, 1.0
-        return self.polling_interval, self.polling_interval + self.time_margin
+        base = self.polling_interval
+        if age is not None:
+            base = min(base, max(base / 5, age / 20))
+        scale = base / self.polling_interval if self.polling_interval > 0 else 1.0
+        return base, base + self.time_margin * scale
 
 
 def _read_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:

@@ -188,8 +188,9 @@ def _read_ret() -> int | str | None:
         return text
 
 
-def _nap(config: Config):
-    time.sleep(random.uniform(*config.sleep_range()))
+def _nap(config: Config, since: datetime | None = None):
+    age = None if since is None else (datetime.now() - since).total_seconds()
+    time.sleep(random.uniform(*config.sleep_range(age)))
 
 
 def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
@@ -234,7 +235,7 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
                     state = current
                 if current is None or current in FINAL_STATES:
                     return current
-        _nap(config)
+        _nap(config, submitted)
 
 
 def _finish(joblog: JobLog, state: str | None, config: Config) -> int:

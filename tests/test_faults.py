@@ -1,0 +1,377 @@
+"""Faults a workflow must survive, on the real local SLURM and with real `stepup boot`.
+
+Tests marked `disruptive` stop SLURM daemons or take the node down; tools/test.sh runs them
+one at a time after the parallel part of the suite, so they cannot disturb other tests.
+Fake commands on PATH appear only where SLURM cannot produce the fault on demand; each such
+test says so in its docstring.
+"""
+
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import Workflow, scontrol_state, wait_for
+from path import Path
+
+from stepup.queue.joblog import read_log
+
+TOOLS = Path(__file__).parent.parent / "tools"
+SLURM_RUN = Path("/var/lib/stepup-queue-slurm/run")
+SIMPLE_PLAN = """
+static("job/", "job/slurmjob.sh")
+sbatch("job/")
+"""
+
+
+def fake_command(bindir: Path, name: str, body: str) -> Path:
+    """Put a bash script named `name` first on PATH (bindir must be on the workflow's PATH)."""
+    bindir.makedirs_p()
+    path = bindir / name
+    path.write_text(f"#!/usr/bin/env bash\n{body}")
+    path.chmod(0o755)
+    return path
+
+
+def with_bin(workflow: Workflow, bindir: Path) -> dict[str, str]:
+    return {"PATH": f"{bindir}:{workflow.env['PATH']}"}
+
+
+def submitted(workflow: Workflow, folder: str = "job") -> bool:
+    path = workflow.root / folder / "slurmjob.log"
+    return path.exists() and "Submitted" in path.read_text()
+
+
+# Where the fake sbatch kills the StepUp worker that runs the step (its parent process).
+KILL_POINTS = {
+    "before_sbatch": 'kill -9 "$PPID"\nexit 1\n',
+    "during_sbatch": 'exec 3<&0\n/usr/bin/sbatch "$@" <&3 > /dev/null &\nkill -9 "$PPID"\nwait\n',
+    "after_sbatch": 'out=$(/usr/bin/sbatch "$@")\nkill -9 "$PPID"\necho "$out"\n',
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_exactly_once_when_killed_during_submission(workflow: Workflow, tmp_path, point):
+    """SIGKILL of the worker around sbatch: one job in SLURM, and the next boot finishes it.
+
+    A fake `sbatch` on PATH kills its caller at the chosen point (before, while or after the
+    real sbatch runs): a real SLURM cannot make a client die at a given instruction.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\nsleep 1\necho once\n")
+    bindir = Path(tmp_path) / "bin"
+    marker = Path(tmp_path) / "fake-ran"
+    fake_command(bindir, "sbatch", f"touch {marker}\n{KILL_POINTS[point]}")
+    proc = workflow.popen(env=with_bin(workflow, bindir))
+    wait_for(marker.exists, 60, "the fake sbatch to run")
+    time.sleep(1)
+    workflow.kill(proc)
+    log = read_log(workflow.root / "job/slurmjob.log")
+    assert log.token is not None
+    assert log.job_id is None
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    (record,) = workflow.final_jobs(1)
+    assert record["Comment"] == log.token
+    assert record["JobIDRaw"] == str(read_log(workflow.root / "job/slurmjob.log").job_id)
+    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
+
+
+def test_exactly_once_when_killed_before_first_record(workflow: Workflow):
+    """A kill right after the log was started (no Submitting record) submits exactly once."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho once\n")
+    digest = workflow.step_digest("job")
+    (workflow.root / "job/slurmjob.log").write_text(
+        f"StepUp Queue sbatch wait log format version 2\n{digest}\n"
+    )
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    assert len(workflow.final_jobs(1)) == 1
+
+
+def test_sbatch_transient_failure_is_retried(workflow: Workflow, tmp_path):
+    """sbatch cannot reach the controller twice, then works: one job, the step succeeds.
+
+    A fake `sbatch` on PATH fails twice with SLURM's own message before running the real one:
+    stopping slurmctld for exactly two calls is not possible on demand.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho retried\n")
+    bindir = Path(tmp_path) / "bin"
+    calls = Path(tmp_path) / "calls"
+    fake_command(
+        bindir,
+        "sbatch",
+        f'echo call >> {calls}\nif [ "$(wc -l < {calls})" -le 2 ]; then\n'
+        '  echo "sbatch: error: Batch job submission failed: Unable to contact slurm controller'
+        ' (connect failure)" >&2\n  exit 1\nfi\nexec /usr/bin/sbatch "$@"\n',
+    )
+    result = workflow.boot(env=with_bin(workflow, bindir))
+    assert result.returncode == 0, result.stdout
+    assert calls.read_text().count("call") == 3
+    assert len(workflow.final_jobs(1)) == 1
+    assert (workflow.root / "job/slurmjob.out").read_text() == "retried\n"
+
+
+def test_sbatch_transient_failure_gives_up(workflow: Workflow, tmp_path):
+    """A controller that never answers: bounded retries, then a clear failure, no job.
+
+    A fake `sbatch` on PATH always fails with SLURM's message for an unreachable controller.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho never\n")
+    bindir = Path(tmp_path) / "bin"
+    calls = Path(tmp_path) / "calls"
+    fake_command(
+        bindir,
+        "sbatch",
+        f"echo call >> {calls}\n"
+        'echo "sbatch: error: Batch job submission failed: Unable to contact slurm controller'
+        ' (connect failure)" >&2\nexit 1\n',
+    )
+    env = with_bin(workflow, bindir) | {"STEPUP_SBATCH_SUBMIT_RETRIES": "2"}
+    result = workflow.boot(env=env)
+    assert result.returncode != 0
+    assert "Could not submit slurmjob.sh" in result.stdout
+    assert "Unable to contact slurm controller" in result.stdout
+    # One squeue lookup before each retry may find the job; none did, so 1 + 2 calls.
+    assert calls.read_text().count("call") == 3
+    time.sleep(2)
+    assert workflow.jobs() == []
+
+
+def test_sbatch_permanent_failure_is_not_retried(workflow: Workflow, tmp_path):
+    """The real sbatch refuses an unknown partition: one call, sbatch's message shown."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --partition=nosuchpartition\necho no\n")
+    bindir = Path(tmp_path) / "bin"
+    calls = Path(tmp_path) / "calls"
+    fake_command(bindir, "sbatch", f'echo call >> {calls}\nexec /usr/bin/sbatch "$@"\n')
+    start = time.monotonic()
+    result = workflow.boot(env=with_bin(workflow, bindir))
+    assert result.returncode != 0
+    assert "invalid partition" in result.stdout.lower()
+    assert calls.read_text().count("call") == 1
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("query", ["squeue", "scontrol"])
+def test_status_query_hangs(workflow: Workflow, tmp_path, query):
+    """A status query that hangs is killed after the command timeout; the job still finishes.
+
+    A fake `squeue`/`scontrol` on PATH that never returns: a real controller hangs only by
+    accident.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\nsleep 6\necho done\n")
+    bindir = Path(tmp_path) / "bin"
+    calls = Path(tmp_path) / "calls"
+    fake_command(bindir, query, f"echo call >> {calls}\nsleep 600\n")
+    env = with_bin(workflow, bindir) | {
+        "STEPUP_SBATCH_QUERY": query,
+        "STEPUP_SBATCH_COMMAND_TIMEOUT": "2",
+    }
+    start = time.monotonic()
+    result = workflow.boot(env=env)
+    assert result.returncode == 0, result.stdout
+    assert calls.exists()
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("query", ["squeue", "scontrol"])
+def test_status_query_fails(workflow: Workflow, tmp_path, query):
+    """A failing status query is transient: the job still finishes and is not resubmitted.
+
+    A fake `squeue`/`scontrol` on PATH fails with SLURM's message for an unreachable controller.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\nsleep 6\necho done\n")
+    bindir = Path(tmp_path) / "bin"
+    calls = Path(tmp_path) / "calls"
+    fake_command(
+        bindir,
+        query,
+        f"echo call >> {calls}\n"
+        'echo "slurm_load_jobs error: Unable to contact slurm controller (connect failure)" >&2\n'
+        "exit 1\n",
+    )
+    env = with_bin(workflow, bindir) | {"STEPUP_SBATCH_QUERY": query}
+    result = workflow.boot(env=env)
+    assert result.returncode == 0, result.stdout
+    assert calls.exists()
+    assert len(workflow.final_jobs(1)) == 1
+
+
+def test_job_purged_while_workflow_down(workflow: Workflow):
+    """Jobs that ended and left slurmctld's memory (MinJobAge) while no workflow ran.
+
+    The one with an exit code in slurmjob.ret succeeds at once; the one killed without one
+    fails with the state recorded in the accounting database.
+    """
+    workflow.plan("""
+        static("ok/", "ok/slurmjob.sh", "killed/", "killed/slurmjob.sh")
+        sbatch("ok/")
+        sbatch("killed/")
+    """)
+    workflow.job("ok", "#!/usr/bin/env bash\necho fine\n")
+    # Killing the wrapper (the script's parent) leaves slurmjob.ret empty.
+    workflow.job("killed", '#!/usr/bin/env bash\nkill -9 "$PPID"\n')
+    proc = workflow.popen("-n", "2")
+    wait_for(lambda: submitted(workflow, "ok") and submitted(workflow, "killed"), 60, "submission")
+    workflow.kill(proc)
+    ids = [read_log(workflow.root / f / "slurmjob.log").job_id for f in ("ok", "killed")]
+    wait_for(lambda: all(scontrol_state(i) is None for i in ids), 180, "SLURM to purge the jobs")
+    start = time.monotonic()
+    result = workflow.boot("-n", "2")
+    assert result.returncode != 0
+    assert time.monotonic() - start < 60
+    assert (workflow.root / "ok/slurmjob.out").read_text() == "fine\n"
+    assert "SUCCESS │ sbatch  # wd=ok/" in result.stdout
+    assert f"Job {ids[1]} ended without an exit code" in result.stdout
+    assert "Last state reported by SLURM: FAILED" in result.stdout
+    assert read_log(workflow.root / "killed/slurmjob.log").last_state == "FAILED"
+
+
+def test_timeout(workflow: Workflow):
+    """A job that exceeds its time limit: the step fails and names TIMEOUT."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --time=0:05\nsleep 600\n")
+    result = workflow.boot()
+    assert result.returncode != 0
+    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
+    assert f"Job {job_id} ended without an exit code in slurmjob.ret" in result.stdout
+    assert "Last state reported by SLURM: TIMEOUT" in result.stdout
+    assert "slurmjob.err" in result.stdout
+    (record,) = workflow.final_jobs(1)
+    assert record["State"] == "TIMEOUT"
+
+
+def test_cache_folder_not_usable(workflow: Workflow):
+    """A cache folder that cannot be created: clear error before anything is submitted."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho never\n")
+    result = workflow.boot(env={"STEPUP_QUEUE_CACHE_DIR": "/proc/no-such-folder"})
+    assert result.returncode != 0
+    assert "Cannot use the shared scheduler cache in /proc/no-such-folder" in result.stdout
+    assert "STEPUP_QUEUE_CACHE_DIR" in result.stdout
+    assert not (workflow.root / "job/slurmjob.log").exists()
+
+
+def test_home_unset(workflow: Workflow):
+    """Without HOME, XDG_CACHE_HOME and STEPUP_QUEUE_CACHE_DIR: a clear error, no job."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho never\n")
+    env = {k: v for k, v in workflow.env.items() if k not in ("HOME", "XDG_CACHE_HOME")}
+    env.pop("STEPUP_QUEUE_CACHE_DIR")
+    workflow.env = env
+    result = workflow.boot()
+    assert result.returncode != 0
+    assert "HOME and XDG_CACHE_HOME are unset" in result.stdout
+    assert not (workflow.root / "job/slurmjob.log").exists()
+
+
+# Disruptive tests: they stop daemons of the shared local cluster.
+
+
+def stop_daemon(name: str):
+    pid = int((SLURM_RUN / f"{name}.pid").read_text())
+    subprocess.run(["kill", "-TERM", str(pid)], check=True)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, f"{name} to stop")
+
+
+def start_daemons():
+    subprocess.run(["bash", TOOLS / "local-slurm.sh", "start"], check=True)
+
+
+@pytest.fixture
+def restore_slurm():
+    """Whatever happens in the test, leave every daemon running and the node up."""
+    yield
+    start_daemons()
+
+
+@pytest.mark.disruptive
+def test_slurmctld_outage(workflow: Workflow, restore_slurm):
+    """slurmctld stops for 60 s while steps wait and one step submits: all finish, no error.
+
+    `short` ends during the outage (noticed through slurmjob.ret), `long` ends after it,
+    and `next` becomes ready during the outage, so its sbatch retries until slurmctld is back.
+    """
+    workflow.plan("""
+        static("short/", "short/slurmjob.sh", "long/", "long/slurmjob.sh")
+        static("next/", "next/slurmjob.sh")
+        sbatch("short/", out="done.txt")
+        sbatch("long/")
+        sbatch("next/", inp="../short/done.txt")
+    """)
+    workflow.job("short", "#!/usr/bin/env bash\nsleep 10\ntouch done.txt\n")
+    workflow.job("long", "#!/usr/bin/env bash\nsleep 80\necho long\n")
+    workflow.job("next", "#!/usr/bin/env bash\ncat ../short/done.txt\necho next\n")
+    env = {"STEPUP_SBATCH_SUBMIT_RETRIES": "10", "STEPUP_SBATCH_SUBMIT_BACKOFF": "2"}
+    proc = workflow.popen("-n", "3", env=env)
+    wait_for(lambda: submitted(workflow, "short") and submitted(workflow, "long"), 60, "jobs")
+    stop_daemon("slurmctld")
+    time.sleep(60)
+    start_daemons()
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    assert (workflow.root / "next/slurmjob.out").read_text() == "next\n"
+    assert (workflow.root / "long/slurmjob.out").read_text() == "long\n"
+    records = workflow.final_jobs(3)
+    assert sorted(r["State"] for r in records) == ["COMPLETED"] * 3
+
+
+@pytest.mark.disruptive
+def test_slurmdbd_outage(workflow: Workflow, restore_slurm):
+    """slurmdbd stops for 60 s while steps wait: no crash, no hang, right outcomes.
+
+    `cluster` uses -M, so its status queries need the database; `killed` ends without an
+    exit code during the outage, so its end is decided from squeue alone.
+    """
+    workflow.plan("""
+        static("cluster/", "cluster/slurmjob.sh", "killed/", "killed/slurmjob.sh")
+        sbatch("cluster/")
+        sbatch("killed/")
+    """)
+    workflow.job("cluster", "#!/usr/bin/env bash\n#SBATCH -M localcluster\nsleep 20\necho ok\n")
+    workflow.job("killed", '#!/usr/bin/env bash\nsleep 15\nkill -9 "$PPID"\n')
+    proc = workflow.popen("-n", "2")
+    wait_for(lambda: submitted(workflow, "cluster") and submitted(workflow, "killed"), 60, "jobs")
+    stop_daemon("slurmdbd")
+    start = time.monotonic()
+    time.sleep(60)
+    start_daemons()
+    output, _ = proc.communicate(timeout=300)
+    assert time.monotonic() - start < 180
+    assert proc.returncode != 0
+    assert (workflow.root / "cluster/slurmjob.out").read_text() == "ok\n"
+    assert "SUCCESS │ sbatch  # wd=cluster/" in output
+    killed_id = read_log(workflow.root / "killed/slurmjob.log").job_id
+    assert f"Job {killed_id} ended without an exit code" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.disruptive
+def test_node_failure(workflow: Workflow, restore_slurm):
+    """The node goes down under a running job: the step fails and names NODE_FAIL."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --no-requeue\nsleep 300\n")
+    proc = workflow.popen()
+    wait_for(lambda: submitted(workflow), 60, "submission")
+    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
+    wait_for(lambda: scontrol_state(job_id) == "RUNNING", 60, "the job to run")
+    node = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        ["scontrol", "update", f"nodename={node}", "state=down", "reason=stepup-queue-test"],
+        check=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    assert proc.returncode != 0
+    assert f"Job {job_id} ended without an exit code" in output
+    assert "Last state reported by SLURM: NODE_FAIL" in output

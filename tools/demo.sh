@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Run the basic example of the documentation (docs/examples/slurm-basic) on a local SLURM and
+# show what happened to each job. Meant for a fresh Debian machine, as root:
+#
+#   bash tools/demo.sh
+#
+# Exits with 0 when the example behaves as documented: the jobs in pass/ and sweep/value*/
+# succeed and the job in fail/ fails with exit code 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/local-slurm.sh start
+bash tools/setup-venv.sh test
+export PATH="$PWD/.venv/bin:$PATH"
+
+work=$(mktemp -d -t stepup-queue-demo.XXXXXX)
+cp -r docs/examples/slurm-basic "$work/slurm-basic"
+cd "$work/slurm-basic"
+# Short waits for a quick demo on an idle local cluster; keep the defaults on a real one.
+export STEPUP_SBATCH_CACHE_TIMEOUT=2
+export STEPUP_SBATCH_POLLING_INTERVAL=0.2
+export STEPUP_SBATCH_TIME_MARGIN=0.1
+export STEPUP_SBATCH_RET_TIMEOUT=5
+export STEPUP_QUEUE_CACHE_DIR="$work/cache"
+
+echo "=== stepup boot in $PWD"
+set +e
+stepup boot -n 8 --no-progress < /dev/null
+code=$?
+set -e
+echo
+echo "=== stepup boot exited with code $code (non-zero: the step in fail/ failed, as it should)"
+echo
+echo "=== The jobs (exit code in slurmjob.ret, then SLURM's accounting record)"
+printf '%-15s %-4s %-8s %-10s %-10s %s\n' FOLDER RET JOBID NAME STATE EXITCODE
+ok=yes
+check() {
+    local folder=$1 expected=$2 ret job_id record
+    ret=$(cat "$folder/slurmjob.ret" 2> /dev/null || echo "?")
+    job_id=$(awk '$2 == "Submitted" {split($3, a, ";"); print a[1]}' "$folder/slurmjob.log")
+    record=$(sacct -X -n -P -j "$job_id" -o JobName,State,ExitCode | head -n 1 | tr '|' ' ')
+    printf '%-15s %-4s %-8s %-10s %-10s %s\n' "$folder" "$ret" "$job_id" $record
+    if [[ $ret != "$expected" ]]; then
+        echo "    expected exit code $expected in $folder/slurmjob.ret" >&2
+        ok=no
+    fi
+}
+check pass 0
+check fail 1
+for value in 1 2 3; do check "sweep/value$value" 0; done
+echo
+echo "=== Some outputs"
+for file in pass/pi.txt fail/slurmjob.err sweep/value{1,2,3}/result.txt; do
+    printf '%-25s %s\n' "$file" "$(cat "$file" 2> /dev/null || echo "(missing)")"
+done
+echo
+echo "The example is in $PWD"
+if [[ $ok == yes && $code != 0 ]]; then
+    echo "Demo OK: four jobs succeeded and the job in fail/ failed with exit code 1."
+else
+    echo "Demo FAILED: see the messages above." >&2
+    exit 1
+fi
