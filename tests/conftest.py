@@ -174,8 +174,16 @@ def workflow(slurm, tmp_path) -> Iterator[Workflow]:
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     wf = Workflow(root, env)
     yield wf
-    # Leave no job of this test behind in the shared local cluster.
-    ids = [r["JobIDRaw"] for r in wf.jobs() if r["State"] in ("PENDING", "RUNNING")]
+    # Leave no job of this test behind in the shared local cluster. squeue, unlike sacct -S,
+    # also lists held jobs that never became eligible.
+    listed = subprocess.run(
+        ["squeue", "--me", "-h", "-o", "%i|%Z"], capture_output=True, text=True
+    ).stdout
+    ids = [
+        job_id
+        for job_id, _, workdir in (line.partition("|") for line in listed.splitlines())
+        if Path(workdir).startswith(root)
+    ]
     if ids:
         subprocess.run(["scancel", *ids], check=False)
 

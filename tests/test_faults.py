@@ -133,7 +133,7 @@ def test_sbatch_transient_failure_gives_up(workflow: Workflow, tmp_path):
     env = with_bin(workflow, bindir) | {"STEPUP_SBATCH_SUBMIT_RETRIES": "2"}
     result = workflow.boot(env=env)
     assert result.returncode != 0
-    assert "Could not submit slurmjob.sh" in result.stdout
+    assert f"Could not submit {workflow.root / 'job/slurmjob.sh'}" in result.stdout
     assert "Unable to contact slurm controller" in result.stdout
     # One squeue lookup before each retry may find the job; none did, so 1 + 2 calls.
     assert calls.read_text().count("call") == 3

@@ -255,11 +255,26 @@ def test_render_wrapper():
         "#SBATCH -M x\n"
         "# Written by StepUp Queue: runs the job script and keeps its exit code.\n"
         ": > slurmjob.ret\n"
+        "trap 'terminated=yes' TERM\n"
         "/usr/bin/env python3 slurmjob.py\n"
         "code=$?\n"
-        'echo "$code" > slurmjob.ret\n'
+        "# A script ended by SLURM (scancel, time limit) leaves no exit code:\n"
+        "# the step then reports SLURM's state for the job instead.\n"
+        'if [ -z "${terminated:-}" ] && [ "$code" -ne 143 ] && [ "$code" -ne 137 ]; then\n'
+        '    echo "$code" > slurmjob.ret\n'
+        "fi\n"
         'exit "$code"\n'
     )
+
+
+@pytest.mark.parametrize("signal", ["TERM", "KILL"])
+def test_wrapper_keeps_no_exit_code_of_a_killed_script(jobdir, signal):
+    """A script ended by a signal (as SLURM ends cancelled jobs) leaves slurmjob.ret empty."""
+    write_script(f"#!/bin/bash\nkill -{signal} $$\n")
+    wrapper = render_wrapper(read_job_script("slurmjob.sh"))
+    result = subprocess.run(["bash"], input=wrapper, capture_output=True, text=True)
+    assert result.returncode == {"TERM": 143, "KILL": 137}[signal]
+    assert Path("slurmjob.ret").read_text() == ""
 
 
 @pytest.mark.parametrize("code", [0, 3])

@@ -199,8 +199,8 @@ def _parse_record(joblog: JobLog, lineno: int, line: str):
 def _error(path: Path, lineno: int, what: str) -> JobLogError:
     return JobLogError(
         f"Invalid job log {path} (line {lineno}): {what}. This file is written by StepUp Queue "
-        "and should not be edited. If the job is no longer queued or running, remove the file "
-        "(or use `stepup removejobs --all --commit` on its folder) to submit the job afresh."
+        "and should not be edited. To submit the job afresh, make sure it is no longer queued "
+        "or running (squeue --me), then remove the file by hand."
     )
 
 

@@ -73,7 +73,8 @@ def run_job(ext: str, rc: str | None, config: Config) -> int:
         )
     script = read_job_script(f"slurmjob{ext}")
     StateCache(config, None).check_writable()
-    log_path = Path(LOG_NAME)
+    # Absolute paths, so that every message names the file in full.
+    log_path = Path.cwd() / LOG_NAME
     joblog = read_log(log_path) if log_path.exists() else None
     if joblog is not None and joblog.digest != digest:
         joblog = _inputs_changed(joblog, digest, config)
@@ -171,7 +172,7 @@ def _submit_once(joblog: JobLog, script: JobScript, rc: str | None, config: Conf
         if config.debug:
             print(f"Transient failure, retrying: {result.describe()}")
     detail = failure.describe() if failure is not None else "SLURM could not be reached"
-    raise JobError(f"Could not submit {script.path}: {detail}")
+    raise JobError(f"Could not submit {Path.cwd() / script.path}: {detail}")
 
 
 def _read_ret() -> int | str | None:

@@ -75,9 +75,25 @@ def read_job_script(path: str | Path) -> JobScript:
     if not path.is_file():
         raise JobScriptError(f"The job script {where} does not exist. Create it, or fix the path.")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Bytes first: read_text would turn CRLF line breaks into LF unseen.
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise JobScriptError(f"The job script {where} is not UTF-8 text.") from None
+        raise JobScriptError(
+            f"The job script {where} is not UTF-8 text. Save it as UTF-8, "
+            f"e.g. with `iconv -f latin1 -t utf-8`."
+        ) from None
+    if "\r" in text:
+        # Plain sbatch refuses these too; in the wrapper they would break the shebang line.
+        raise JobScriptError(
+            f"The job script {where} has DOS/Windows line breaks (CRLF). "
+            "Convert it to Unix line breaks, e.g. with `dos2unix`."
+        )
+    if text.startswith("\ufeff"):
+        raise JobScriptError(
+            f"The job script {where} starts with a byte order mark, which hides its shebang "
+            "line. Save it as UTF-8 without a byte order mark."
+        )
+    lines = text.splitlines()
     if len(lines) == 0 or not lines[0].startswith("#!") or lines[0][2:].strip() == "":
         raise JobScriptError(
             f"The job script {where} does not start with a shebang line naming its "
@@ -166,9 +182,14 @@ def render_wrapper(script: JobScript) -> str:
         *script.directives,
         "# Written by StepUp Queue: runs the job script and keeps its exit code.",
         f": > {RET_NAME}",
+        "trap 'terminated=yes' TERM",
         script.command,
         "code=$?",
-        f'echo "$code" > {RET_NAME}',
+        "# A script ended by SLURM (scancel, time limit) leaves no exit code:",
+        "# the step then reports SLURM's state for the job instead.",
+        'if [ -z "${terminated:-}" ] && [ "$code" -ne 143 ] && [ "$code" -ne 137 ]; then',
+        f'    echo "$code" > {RET_NAME}',
+        "fi",
         'exit "$code"',
     ]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,124 @@
+"""`stepup canceljobs [PATH ...]`: cancel the SLURM jobs of a workflow, found through their logs.
+
+StepUp Queue leaves jobs running when a workflow is interrupted; this tool is how users stop
+them. It never deletes or edits files (that is `stepup removejobs`).
+"""
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from .jobsearch import FoundJob, add_search_arguments, command_timeout, format_table, search_jobs
+from .scheduler import MAX_SCANCEL_IDS, cancel
+
+__all__ = ("canceljobs_subcommand", "canceljobs_tool")
+
+_DESCRIPTION = """\
+Cancel the SLURM jobs of a workflow. Each PATH is searched recursively for slurmjob.log files;
+each log gives a job id (and cluster). SLURM is asked (one squeue call per cluster) which of
+these jobs are still pending or running, and those are cancelled with scancel, at most 100 job
+ids per call. Jobs whose log records a final state (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...)
+or whose slurmjob.ret holds an exit code are left alone unless --all is given. When SLURM
+cannot be asked, the logs decide. This tool never deletes or edits files: cleaning up the job
+folders afterwards is your choice (see `stepup removejobs`). The exit status is non-zero when
+an scancel call failed."""
+
+
+def canceljobs_subcommand(subparsers: argparse._SubParsersAction) -> Callable:
+    """Add the `canceljobs` subcommand and return the function that runs it."""
+    parser = subparsers.add_parser(
+        "canceljobs",
+        help="Cancel the SLURM jobs of a workflow, found through their slurmjob.log files.",
+        description=_DESCRIPTION,
+    )
+    add_search_arguments(parser)
+    parser.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="Also cancel jobs whose log records a final state or whose slurmjob.ret holds an "
+        "exit code, as long as SLURM still lists them as pending or running.",
+    )
+    parser.add_argument(
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="Only show which jobs would be cancelled; run no scancel.",
+    )
+    return canceljobs_tool
+
+
+def _decide(job: FoundJob, cancel_all: bool) -> tuple[bool, str]:
+    """Decide whether to cancel a job; return the decision and why (empty when obvious)."""
+    if job.active is False:
+        # scancel cannot stop a job that SLURM no longer runs, whatever the log says.
+        if job.live is None:
+            return False, "no longer listed by SLURM"
+        return False, f"already {job.live} in SLURM"
+    if job.ended_by_log and not cancel_all:
+        return False, "ended according to its log (--all cancels it anyway)"
+    return True, "" if job.active else "SLURM not asked: going by the log"
+
+
+def canceljobs_tool(args: argparse.Namespace) -> int:
+    """Cancel the jobs found below `args.paths`; return the exit status."""
+    timeout = command_timeout()
+    if timeout is None:
+        return 2
+    search = search_jobs(args.paths, timeout)
+    search.report_problems()
+
+    decisions = [(job, *_decide(job, args.all)) for job in search.jobs]
+    by_cluster: dict[str | None, set[int]] = {}
+    for job, selected, _ in decisions:
+        if selected:
+            by_cluster.setdefault(job.cluster, set()).add(job.job_id)
+
+    # (cluster, job id) pairs whose scancel call failed.
+    failed_ids: set[tuple[str | None, int]] = set()
+    ncall = 0
+    if not args.dry_run:
+        for cluster, ids in by_cluster.items():
+            ordered = sorted(ids)
+            results = cancel(ordered, cluster, timeout)
+            ncall += len(results)
+            for start, result in zip(range(0, len(ordered), MAX_SCANCEL_IDS), results, strict=True):
+                if result.returncode != 0:
+                    print(f"Error: {result.describe()}", file=sys.stderr)
+                    chunk = ordered[start : start + MAX_SCANCEL_IDS]
+                    failed_ids.update((cluster, job_id) for job_id in chunk)
+
+    rows = []
+    counts = {"cancelled": 0, "skipped": 0, "failed": 0}
+    for job, selected, why in decisions:
+        note = why
+        if not selected:
+            action = "skip"
+            counts["skipped"] += 1
+        elif args.dry_run:
+            action = "would cancel"
+            counts["cancelled"] += 1
+        elif (job.cluster, job.job_id) in failed_ids:
+            action = "error"
+            note = "scancel failed"
+            counts["failed"] += 1
+        else:
+            action = "cancelled"
+            counts["cancelled"] += 1
+        rows.append((action, job, note))
+
+    if rows:
+        for line in format_table(rows):
+            print(line)
+    else:
+        print("No job logs found.")
+    verb = "would cancel" if args.dry_run else "cancelled"
+    nerror = len(search.errors) + counts["failed"]
+    print(
+        f"Summary: found {len(search.jobs)} jobs, {verb} {counts['cancelled']}, "
+        f"skipped {counts['skipped']}, errors {nerror}."
+        + ("" if args.dry_run else f" ({ncall} scancel call{'' if ncall == 1 else 's'})")
+    )
+    if args.dry_run:
+        print("Dry run: nothing was cancelled.")
+    return 1 if failed_ids else 0

@@ -1,0 +1,313 @@
+"""Find the jobs of a workflow from their logs and ask SLURM which of them are still alive.
+
+Shared by `stepup canceljobs` and `stepup removejobs`: both search folders for `slurmjob.log`,
+read each log on its own (one unreadable log never stops the others), read the exit code in
+`slurmjob.ret`, and ask SLURM with one `squeue` call per cluster which jobs are still pending
+or running. The printing helpers keep the output of both tools alike.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from path import Path
+
+from .config import Config, ConfigError
+from .joblog import FINAL_STATES, LOG_NAME, JobLog, JobLogError, find_logs, read_log
+from .scheduler import parse_squeue, run_command, squeue_command
+from .wrapper import RET_NAME
+
+__all__ = (
+    "FAILED_STATES",
+    "FoundJob",
+    "JobSearch",
+    "add_search_arguments",
+    "ask_slurm",
+    "command_timeout",
+    "find_jobs",
+    "format_table",
+    "read_ret",
+    "search_jobs",
+)
+
+# Final states in which the job did not end well.
+FAILED_STATES = FINAL_STATES - {"COMPLETED"}
+
+
+def read_ret(folder: str | Path) -> int | str | None:
+    """Read the exit code that the wrapper wrote in a job folder.
+
+    Parameters
+    ----------
+    folder
+        The job folder.
+
+    Returns
+    -------
+    code
+        The exit code; `None` when `slurmjob.ret` is absent or empty (the job did not end,
+        or ended without running the script to its end); the text when it is no integer.
+    """
+    try:
+        text = (Path(folder) / RET_NAME).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+@dataclass
+class FoundJob:
+    """A job found through its log, with what the log, `slurmjob.ret` and SLURM say of it.
+
+    Attributes
+    ----------
+    log
+        The parsed log (always with a job id).
+    ret
+        The contents of `slurmjob.ret`, see `read_ret`.
+    asked
+        True when SLURM answered the query for this job's cluster.
+    live
+        The state SLURM lists for the job now, `None` when it is not listed (or not asked).
+    """
+
+    log: JobLog
+    ret: int | str | None
+    asked: bool = False
+    live: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The job folder, normalized for printing."""
+        return Path(os.path.normpath(self.log.path.parent))
+
+    @property
+    def job_id(self) -> int:
+        return self.log.job_id
+
+    @property
+    def cluster(self) -> str | None:
+        return self.log.cluster
+
+    @property
+    def ended_by_log(self) -> bool:
+        """True when the log records a final state or `slurmjob.ret` holds an exit code.
+
+        StepUp Queue ends a step as soon as the exit code appears, without logging a state,
+        so an exit code alone means the job has finished.
+        """
+        return self.log.done or isinstance(self.ret, int)
+
+    @property
+    def active(self) -> bool | None:
+        """True when SLURM lists the job as not yet finished, `None` when SLURM was not asked."""
+        if not self.asked:
+            return None
+        return self.live is not None and self.live not in FINAL_STATES
+
+    @property
+    def end_state(self) -> str | None:
+        """The final state recorded in the log, else the one SLURM lists, else `None`."""
+        if self.log.done:
+            return self.log.last_state
+        if self.live in FINAL_STATES:
+            return self.live
+        return None
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the script left exit code 0 and no failed end state is known."""
+        return self.ret == 0 and self.end_state not in FAILED_STATES
+
+    def slurm_column(self) -> str:
+        """What SLURM says now, for printing."""
+        if not self.asked:
+            return "?"
+        return self.live or "gone"
+
+    def log_column(self) -> str:
+        """What the log and `slurmjob.ret` say, for printing."""
+        words = [self.log.last_state or "SUBMITTED"]
+        if isinstance(self.ret, int):
+            words.append(f"exit={self.ret}")
+        elif isinstance(self.ret, str):
+            words.append("exit=?")
+        return " ".join(words)
+
+
+@dataclass
+class JobSearch:
+    """The outcome of a search: the jobs found, and what went wrong along the way.
+
+    Attributes
+    ----------
+    jobs
+        The jobs found, in the order of the PATH arguments and then sorted by folder.
+    errors
+        One message for each PATH or log that could not be used.
+    unreachable
+        Cluster (`None` for the default cluster) → why SLURM could not be asked about it.
+    """
+
+    jobs: list[FoundJob] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    unreachable: dict[str | None, str] = field(default_factory=dict)
+
+    def report_problems(self):
+        """Print the errors and the unreachable clusters on standard error."""
+        for message in self.errors:
+            print(f"Error: {message}", file=sys.stderr)
+        for cluster, why in self.unreachable.items():
+            where = "the default cluster" if cluster is None else f"cluster {cluster}"
+            print(f"Warning: could not ask SLURM about {where}: {why}", file=sys.stderr)
+
+
+def find_jobs(paths: Iterable[str | Path]) -> tuple[list[FoundJob], list[str]]:
+    """Read all job logs found recursively below the given folders.
+
+    Parameters
+    ----------
+    paths
+        Folders to search. A path that is not a folder is reported and skipped;
+        a log found through several paths is read once.
+
+    Returns
+    -------
+    jobs, errors
+        The jobs whose log could be read, and one message per unusable path or log.
+    """
+    jobs = []
+    errors = []
+    seen = set()
+    for path in paths:
+        root = Path(path)
+        if not root.is_dir():
+            what = "does not exist" if not root.exists() else "is not a folder"
+            errors.append(f"{root} {what}: skipped.")
+            continue
+        for log_path in find_logs(root):
+            key = log_path.realpath()
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                joblog = _read_submitted_log(log_path)
+            except (JobLogError, OSError) as exc:
+                errors.append(f"Skipped: {exc}")
+                continue
+            jobs.append(FoundJob(joblog, read_ret(log_path.parent)))
+    return jobs, errors
+
+
+def _read_submitted_log(path: Path) -> JobLog:
+    joblog = read_log(path)
+    if joblog.job_id is None:
+        # Without a job id there is nothing to check or cancel; lifecycle finds the job again
+        # through its token when the workflow is booted.
+        token = "" if joblog.token is None else f" (its sbatch comment is {joblog.token})"
+        raise JobLogError(
+            f"The job log {path} has no Submitted record: the job was not submitted, or its "
+            f"id was not recorded{token}. Booting the workflow again completes the log."
+        )
+    return joblog
+
+
+def ask_slurm(jobs: list[FoundJob], timeout: float) -> dict[str | None, str]:
+    """Ask SLURM for the current states of the jobs, with one squeue call per cluster.
+
+    Each job gets `asked` and `live` set.
+
+    Parameters
+    ----------
+    jobs
+        The jobs to look up.
+    timeout
+        Seconds after which squeue is killed.
+
+    Returns
+    -------
+    unreachable
+        Cluster → description of the failed query, for clusters that could not be asked.
+    """
+    unreachable = {}
+    by_cluster: dict[str | None, list[FoundJob]] = {}
+    for job in jobs:
+        by_cluster.setdefault(job.cluster, []).append(job)
+    for cluster, cluster_jobs in by_cluster.items():
+        result = run_command(squeue_command(cluster), timeout=timeout)
+        if result.returncode != 0:
+            unreachable[cluster] = result.describe()
+            continue
+        states, _ = parse_squeue(result.stdout)
+        for job in cluster_jobs:
+            job.asked = True
+            job.live = states.get(job.job_id)
+    return unreachable
+
+
+def search_jobs(paths: Iterable[str | Path], timeout: float) -> JobSearch:
+    """Find the jobs below the given folders and ask SLURM for their current states.
+
+    Parameters
+    ----------
+    paths
+        The folders to search.
+    timeout
+        Seconds after which a SLURM command is killed.
+    """
+    jobs, errors = find_jobs(paths)
+    unreachable = ask_slurm(jobs, timeout)
+    return JobSearch(jobs, errors, unreachable)
+
+
+def add_search_arguments(parser: argparse.ArgumentParser):
+    """Add the PATH arguments shared by the job tools."""
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        default=[Path(".")],
+        type=Path,
+        metavar="PATH",
+        help=f"Folders searched recursively for {LOG_NAME} (hidden folders are skipped). "
+        "Default: the current folder.",
+    )
+
+
+def command_timeout() -> float | None:
+    """The timeout of SLURM commands from the environment, `None` (after an error) if invalid."""
+    try:
+        return Config.from_environ().command_timeout
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return None
+
+
+def format_table(rows: list[tuple[str, FoundJob, str]]) -> list[str]:
+    """Format one line per job: action, job id, cluster, SLURM state, log state, folder, note.
+
+    Parameters
+    ----------
+    rows
+        (action, job, note) for each job; the note may be empty.
+
+    Returns
+    -------
+    lines
+        A header line followed by one line per job, in aligned columns.
+    """
+    table = [("ACTION", "JOB", "CLUSTER", "SLURM", "LOG", "FOLDER", "NOTE")]
+    for action, job, note in rows:
+        cells = (action, str(job.job_id), job.cluster or "-", job.slurm_column())
+        table.append((*cells, job.log_column(), str(job.folder), note))
+    widths = [max(len(cell) for cell in column) for column in zip(*table, strict=True)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]

@@ -1,0 +1,266 @@
+"""`stepup canceljobs`, run as a real subprocess on the real local SLURM."""
+
+import subprocess
+
+from conftest import JobTools, sacct, scontrol_state, wait_for
+from path import Path
+
+from stepup.queue.joblog import read_log, start_log
+
+
+def snapshot(root: Path, outputs: bool = True) -> dict[str, bytes]:
+    """The contents of all files below root, except StepUp's own database folder.
+
+    With `outputs=False`, `slurmjob.out`, `.err` and `.ret` are left out: a running job that
+    is cancelled writes to them itself.
+    """
+    skip = () if outputs else ("slurmjob.out", "slurmjob.err", "slurmjob.ret")
+    return {
+        str(path.relpath(root)): path.read_bytes()
+        for path in root.walkfiles()
+        if ".stepup" not in path.relpath(root).splitall() and path.name not in skip
+    }
+
+
+def slurm_states() -> dict[int, str]:
+    """The states of all of this user's jobs that slurmctld still knows, from one squeue."""
+    result = subprocess.run(
+        ["squeue", "--me", "-t", "all", "-h", "-o", "%i|%T"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {int(i): s for i, s in (line.split("|") for line in result.stdout.split())}
+
+
+def table(stdout: str) -> list[list[str]]:
+    """The rows of the table printed by a job tool, split into words, without the header."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("ACTION "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("Summary: "))
+    return [line.split() for line in lines[start + 1 : end]]
+
+
+def test_help(jobtools: JobTools):
+    result = jobtools.run("canceljobs", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "never deletes or edits files" in text
+    assert "--dry-run" in text
+    assert "--all" in text
+
+
+def test_cancel_workflow_then_boot_reports_cancelled(jobtools: JobTools):
+    """Interrupt a workflow, cancel its pending and running job, and boot it again."""
+    wf = jobtools.workflow
+    wf.plan("""
+        static("pending/", "pending/slurmjob.sh", "running/", "running/slurmjob.sh")
+        sbatch("pending/")
+        sbatch("running/")
+    """)
+    wf.job("pending", "#!/usr/bin/env bash\n#SBATCH --hold\necho never\n")
+    wf.job("running", "#!/usr/bin/env bash\nsleep 300\n")
+    proc = wf.popen()
+    try:
+        logs = [wf.root / "pending/slurmjob.log", wf.root / "running/slurmjob.log"]
+        wait_for(lambda: all(p.exists() and "Submitted" in p.read_text() for p in logs), 60, "jobs")
+        pending, running = (read_log(path).job_id for path in logs)
+        jobtools.ids.extend([pending, running])
+        wait_for(lambda: scontrol_state(running) == "RUNNING", 60, "the job to run")
+    finally:
+        # Interrupted: StepUp Queue leaves the jobs in SLURM.
+        wf.kill(proc)
+    assert scontrol_state(pending) == "PENDING"
+
+    before = snapshot(wf.root)
+    dry = jobtools.run("canceljobs", "-n")
+    assert dry.returncode == 0, dry.stderr
+    assert [row[:2] for row in table(dry.stdout)] == [["would", "cancel"]] * 2
+    assert "Dry run: nothing was cancelled." in dry.stdout
+    assert jobtools.calls("scancel") == []
+    assert snapshot(wf.root) == before
+    assert scontrol_state(pending) == "PENDING"
+    assert scontrol_state(running) == "RUNNING"
+    before = snapshot(wf.root, outputs=False)
+
+    jobtools.reset_calls()
+    result = jobtools.run("canceljobs")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["ACTION", "JOB", "CLUSTER", "SLURM", "LOG", "FOLDER", "NOTE"]
+    assert lines[1].split()[:4] == ["cancelled", str(pending), "-", "PENDING"]
+    assert lines[1].split()[-1] == "pending"
+    assert lines[2].split()[:4] == ["cancelled", str(running), "-", "RUNNING"]
+    assert lines[2].split()[-1] == "running"
+    assert "Summary: found 2 jobs, cancelled 2, skipped 0, errors 0. (1 scancel call)" in lines
+    assert jobtools.calls("scancel") == [" ".join(map(str, sorted([pending, running])))]
+    assert jobtools.calls("squeue") == ["--me -t all -h -o %i|%T|%k"]
+    assert snapshot(wf.root, outputs=False) == before
+    wait_for(lambda: scontrol_state(pending) == scontrol_state(running) == "CANCELLED", 30)
+
+    def accounted() -> bool:
+        records = sacct("-j", f"{pending},{running}")
+        return len(records) == 2 and all(r["State"].startswith("CANCELLED") for r in records)
+
+    wait_for(accounted, 30, "sacct to record the cancellation")
+
+    again = wf.boot()
+    assert again.returncode != 0
+    assert f"Job {pending} ended without an exit code" in again.stdout
+    # The wrapper keeps no exit code of a script that SLURM ended, so both steps name the state.
+    assert (wf.root / "running/slurmjob.ret").read_text() == ""
+    assert f"Job {running} ended without an exit code" in again.stdout
+    assert again.stdout.count("Last state reported by SLURM: CANCELLED") == 2
+    # Nothing was submitted again.
+    assert [read_log(path).job_id for path in logs] == [pending, running]
+
+
+def test_finished_jobs_left_alone_without_all(jobtools: JobTools):
+    wf = jobtools.workflow
+    wf.plan("""
+        static("done/", "done/slurmjob.sh")
+        sbatch("done/")
+    """)
+    wf.job("done", "#!/usr/bin/env bash\necho done\n")
+    boot = wf.boot()
+    assert boot.returncode == 0, boot.stdout
+    done = read_log(wf.root / "done/slurmjob.log").job_id
+    # Logs that say the job ended while SLURM still lists it (a stale log, a reused id).
+    logged_end = jobtools.submit("logged_end", records=("RUNNING", "COMPLETED"))
+    exit_code = jobtools.submit("exit_code", records=("RUNNING",), ret="0\n")
+    jobtools.reset_calls()
+
+    result = jobtools.run("canceljobs")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines()[1:-1]}
+    assert rows[str(done)].startswith("skip")
+    # Depending on MinJobAge, slurmctld may have forgotten the job already.
+    assert rows[str(done)].endswith(("already COMPLETED in SLURM", "no longer listed by SLURM"))
+    for job_id in logged_end, exit_code:
+        assert rows[str(job_id)].startswith("skip")
+        assert "ended according to its log (--all cancels it anyway)" in rows[str(job_id)]
+    assert "Summary: found 3 jobs, cancelled 0, skipped 3, errors 0. (0 scancel calls)" in (
+        result.stdout
+    )
+    assert jobtools.calls("scancel") == []
+    assert scontrol_state(logged_end) == scontrol_state(exit_code) == "PENDING"
+
+    result = jobtools.run("canceljobs", "--all")
+    assert result.returncode == 0, result.stderr
+    assert "cancelled 2, skipped 1" in result.stdout
+    # The job SLURM already finished is not passed to scancel, even with --all.
+    assert jobtools.calls("scancel") == [" ".join(map(str, sorted([logged_end, exit_code])))]
+    wait_for(lambda: scontrol_state(logged_end) == scontrol_state(exit_code) == "CANCELLED", 30)
+
+
+def test_250_jobs_in_3_scancel_calls(jobtools: JobTools):
+    ids = []
+    for i in range(250):
+        part = "first" if i < 125 else "second"
+        ids.append(jobtools.submit(f"{part}/group{i % 5}/job{i:03d}", command="sleep 100"))
+    result = jobtools.run("canceljobs", "first", "second")
+    assert result.returncode == 0, result.stderr
+    assert "Summary: found 250 jobs, cancelled 250, skipped 0, errors 0. (3 scancel calls)" in (
+        result.stdout
+    )
+    calls = jobtools.calls("scancel")
+    assert [len(call.split()) for call in calls] == [100, 100, 50]
+    assert sorted(int(word) for call in calls for word in call.split()) == sorted(ids)
+    assert len(jobtools.calls("squeue")) == 1
+    wait_for(lambda: all(slurm_states().get(i) == "CANCELLED" for i in ids), 30, "cancellation")
+
+
+def test_logs_with_and_without_cluster(jobtools: JobTools):
+    plain = jobtools.submit("plain")
+    clustered = jobtools.submit("clustered", cluster="localcluster")
+    result = jobtools.run("canceljobs")
+    assert result.returncode == 0, result.stderr
+    assert sorted(jobtools.calls("scancel")) == sorted([f"-M localcluster {clustered}", f"{plain}"])
+    # One squeue call per cluster: the default one and the named one.
+    assert len(jobtools.calls("squeue")) == 2
+    rows = [line.split() for line in result.stdout.splitlines()[1:3]]
+    assert ["cancelled", str(clustered), "localcluster", "PENDING"] in [row[:4] for row in rows]
+    assert ["cancelled", str(plain), "-", "PENDING"] in [row[:4] for row in rows]
+    wait_for(lambda: scontrol_state(plain) == scontrol_state(clustered) == "CANCELLED", 30)
+
+
+def test_corrupt_logs_next_to_good_ones(jobtools: JobTools):
+    root = jobtools.workflow.root
+    first = jobtools.submit("a")
+    (root / "b").makedirs_p()
+    (root / "b/slurmjob.log").write_text("not a job log at all\n")
+    jobtools.submit("c", records=("garbage that is no state",))
+    second = jobtools.submit("d")
+    # Interrupted before sbatch answered: no Submitted record.
+    (root / "e").makedirs_p()
+    start_log(root / "e/slurmjob.log", "0123456789abcdef")
+    before = snapshot(root)
+    result = jobtools.run("canceljobs")
+    assert result.returncode == 0, result.stderr
+    for folder in "b", "c", "e":
+        assert f"./{folder}/slurmjob.log" in result.stderr
+    assert result.stderr.count("Error: Skipped:") == 3
+    assert "Summary: found 2 jobs, cancelled 2, skipped 0, errors 3." in result.stdout
+    assert jobtools.calls("scancel") == [" ".join(map(str, sorted([first, second])))]
+    assert snapshot(root) == before
+    # The job of the corrupt log is not touched.
+    assert slurm_states()[jobtools.ids[1]] == "PENDING"
+
+
+def test_nested_folders_and_several_paths(jobtools: JobTools):
+    root = jobtools.workflow.root
+    deep = jobtools.submit("p1/x/y/z")
+    shallow = jobtools.submit("p1")
+    other = jobtools.submit("p2/w")
+    outside = jobtools.submit("outside/o")
+    result = jobtools.run("canceljobs", "p1", "p2/", "missing", "p2/w/slurmjob.log", "p1/x")
+    assert result.returncode == 0, result.stderr
+    assert "missing does not exist: skipped." in result.stderr
+    assert "p2/w/slurmjob.log is not a folder: skipped." in result.stderr
+    # p1/x is inside p1: its job is found once.
+    assert "Summary: found 3 jobs, cancelled 3, skipped 0, errors 2." in result.stdout
+    folders = [line.split()[-1] for line in result.stdout.splitlines()[1:4]]
+    assert folders == ["p1", "p1/x/y/z", "p2/w"]
+    assert sorted(jobtools.calls("scancel")[0].split()) == sorted(map(str, [deep, shallow, other]))
+    wait_for(lambda: scontrol_state(deep) == "CANCELLED", 30)
+    assert scontrol_state(outside) == "PENDING"
+    # From inside a job folder, the default PATH is the current folder.
+    result = subprocess.run(
+        ["stepup", "canceljobs"],
+        cwd=root / "outside",
+        env=jobtools.workflow.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "found 1 jobs, cancelled 1" in result.stdout
+    wait_for(lambda: scontrol_state(outside) == "CANCELLED", 30)
+
+
+def test_dry_run_changes_nothing(jobtools: JobTools):
+    ids = [jobtools.submit(f"job{i}", cluster="localcluster" if i else None) for i in range(3)]
+    before = snapshot(jobtools.workflow.root)
+    for flag in "-n", "--dry-run":
+        result = jobtools.run("canceljobs", flag, "--all")
+        assert result.returncode == 0, result.stderr
+        assert [row[:2] for row in table(result.stdout)] == [["would", "cancel"]] * 3
+        assert "Summary: found 3 jobs, would cancel 3, skipped 0, errors 0." in result.stdout
+    assert jobtools.calls("scancel") == []
+    assert snapshot(jobtools.workflow.root) == before
+    assert all(scontrol_state(job_id) == "PENDING" for job_id in ids)
+
+
+def test_failed_scancel_exit_status(jobtools: JobTools):
+    good = jobtools.submit("good")
+    jobtools.submit("elsewhere", cluster="nosuchcluster")
+    result = jobtools.run("canceljobs")
+    assert result.returncode == 1
+    # SLURM cannot be asked about that cluster: the log decides, and scancel fails.
+    assert "Warning: could not ask SLURM about cluster nosuchcluster" in result.stderr
+    assert "Error: `scancel -M nosuchcluster" in result.stderr
+    rows = table(result.stdout)
+    assert [row[0] for row in rows] == ["error", "cancelled"]
+    assert rows[0][2] == "nosuchcluster"
+    assert rows[0][-2:] == ["scancel", "failed"]
+    assert "Summary: found 2 jobs, cancelled 1, skipped 0, errors 1." in result.stdout
+    wait_for(lambda: scontrol_state(good) == "CANCELLED", 30)

@@ -1,0 +1,142 @@
+"""Tests of the search shared by `stepup canceljobs` and `stepup removejobs`."""
+
+import pytest
+from conftest import JobTools
+from path import Path
+
+from stepup.queue.joblog import JobLog, append_record, start_log
+from stepup.queue.jobsearch import FoundJob, ask_slurm, find_jobs, format_table, read_ret
+
+DIGEST = "0123456789abcdef"
+
+
+def write_log(folder: Path, *records: str) -> Path:
+    """Write a job log in the real format with the given records."""
+    folder.makedirs_p()
+    path = folder / "slurmjob.log"
+    start_log(path, DIGEST)
+    for record in records:
+        append_record(path, record)
+    return path
+
+
+def found(*states: str, ret: int | str | None = None, live: str | None = None) -> FoundJob:
+    """A found job with a log holding these states, as if SLURM answered with `live`."""
+    log = JobLog(Path("job/slurmjob.log"), DIGEST, job_id=7)
+    log.states = [(None, state) for state in states]
+    return FoundJob(log, ret, asked=True, live=live)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(None, None), ("", None), ("\n", None), ("0\n", 0), ("3", 3), ("-9\n", -9), ("oops", "oops")],
+)
+def test_read_ret(tmp_path, text: str | None, expected: int | str | None):
+    if text is not None:
+        (Path(tmp_path) / "slurmjob.ret").write_text(text)
+    assert read_ret(tmp_path) == expected
+
+
+def test_find_jobs_nested_several_paths_and_bad_logs(tmp_path):
+    root = Path(tmp_path)
+    write_log(root / "a", "Submitted 11")
+    write_log(root / "a/deeper/b", "Submitted 12;othercluster", "RUNNING")
+    write_log(root / "c", "Submitted 13", "COMPLETED")
+    (root / "c/slurmjob.ret").write_text("0\n")
+    write_log(root / ".hidden", "Submitted 14")
+    write_log(root / "bad/nosubmitted", "Submitting stepup-queue-0123456789abcdef")
+    (root / "bad/garbage").makedirs_p()
+    (root / "bad/garbage/slurmjob.log").write_text("this is not a job log\n")
+    (root / "bad/binary").makedirs_p()
+    (root / "bad/binary/slurmjob.log").write_bytes(b"\xff\xfe\x00garbage")
+    paths = [root / "a", root / "c", root, root / "missing", root / "c/slurmjob.log"]
+    jobs, errors = find_jobs(paths)
+    # Each log once, in the order of the paths; the hidden folder is skipped.
+    assert [job.job_id for job in jobs] == [11, 12, 13]
+    assert [job.cluster for job in jobs] == [None, "othercluster", None]
+    assert [job.ret for job in jobs] == [None, None, 0]
+    assert [job.log.last_state for job in jobs] == [None, "RUNNING", "COMPLETED"]
+    assert len(errors) == 5
+    for name in "binary", "garbage", "nosubmitted":
+        assert sum(str(root / "bad" / name / "slurmjob.log") in e for e in errors) == 1
+    assert any("no Submitted record" in e and "stepup-queue-0123456789abcdef" in e for e in errors)
+    assert f"{root / 'missing'} does not exist" in errors[3]
+    assert f"{root / 'c/slurmjob.log'} is not a folder" in errors[4]
+
+
+def test_ended_by_log():
+    assert not found().ended_by_log
+    assert not found("PENDING", "RUNNING").ended_by_log
+    assert found("RUNNING", "TIMEOUT").ended_by_log
+    # StepUp Queue ends a step when the exit code appears, without logging a state.
+    assert found("RUNNING", ret=0).ended_by_log
+    assert found(ret=1).ended_by_log
+    assert not found("RUNNING", ret="garbled").ended_by_log
+
+
+def test_active():
+    assert found(live="PENDING").active is True
+    assert found(live="COMPLETING").active is True
+    assert found(live="COMPLETED").active is False
+    assert found(live=None).active is False
+    job = found("RUNNING")
+    job.asked = False
+    assert job.active is None
+
+
+def test_succeeded_and_end_state():
+    assert found("COMPLETED", ret=0).succeeded
+    assert found(ret=0).succeeded
+    assert not found("COMPLETED").succeeded
+    assert not found(ret=2).succeeded
+    assert not found("CANCELLED", ret=0).succeeded
+    assert not found("RUNNING", ret=0, live="TIMEOUT").succeeded
+    assert found("RUNNING", live="FAILED").end_state == "FAILED"
+    assert found("OUT_OF_MEMORY", live="FAILED").end_state == "OUT_OF_MEMORY"
+    assert found("RUNNING", live="RUNNING").end_state is None
+
+
+def test_format_table():
+    job = found("RUNNING", ret=3, live="COMPLETED")
+    lines = format_table([("skip", job, "a note"), ("cancel", found(), "")])
+    assert lines[0].split() == ["ACTION", "JOB", "CLUSTER", "SLURM", "LOG", "FOLDER", "NOTE"]
+    assert lines[1].split() == [
+        "skip",
+        "7",
+        "-",
+        "COMPLETED",
+        "RUNNING",
+        "exit=3",
+        "job",
+        "a",
+        "note",
+    ]
+    assert lines[2].split() == ["cancel", "7", "-", "gone", "SUBMITTED", "job"]
+    assert lines[0].index("FOLDER") == lines[1].index("job") == lines[2].index("job")
+
+
+def test_ask_slurm_one_squeue_per_cluster(jobtools: JobTools, monkeypatch):
+    held = jobtools.submit("held")
+    clustered = jobtools.submit("clustered", cluster="localcluster")
+    write_log(jobtools.workflow.root / "gone", "Submitted 999999999")
+    write_log(jobtools.workflow.root / "elsewhere", "Submitted 5;nosuchcluster")
+    monkeypatch.setenv("PATH", jobtools.workflow.env["PATH"])
+    jobs, errors = find_jobs([jobtools.workflow.root])
+    assert errors == []
+    unreachable = ask_slurm(jobs, timeout=20)
+    assert list(unreachable) == ["nosuchcluster"]
+    assert "nosuchcluster" in unreachable["nosuchcluster"]
+    assert sorted(jobtools.calls("squeue")) == sorted(
+        [
+            "--me -t all -h -o %i|%T|%k",
+            "-M localcluster --me -t all -h -o %i|%T|%k",
+            "-M nosuchcluster --me -t all -h -o %i|%T|%k",
+        ]
+    )
+    by_id = {job.job_id: job for job in jobs}
+    assert by_id[held].live == "PENDING"
+    assert by_id[held].active is True
+    assert by_id[clustered].live == "PENDING"
+    assert by_id[999999999].asked
+    assert by_id[999999999].active is False
+    assert by_id[5].active is None

@@ -1,0 +1,182 @@
+"""`stepup removejobs`, run as a real subprocess on the real local SLURM."""
+
+import subprocess
+
+import pytest
+from conftest import JobTools, scontrol_state, wait_for
+from path import Path
+from test_canceljobs import snapshot, table
+
+from stepup.queue.joblog import read_log
+
+JOB_FILES = {"slurmjob.log", "slurmjob.out", "slurmjob.err", "slurmjob.ret"}
+
+
+def notes(rows: list[list[str]]) -> dict[str, tuple[str, str]]:
+    """Folder → (action, note) from the rows of a removejobs table."""
+    result = {}
+    for row in rows:
+        action = " ".join(row[:2]) if row[0] == "would" else row[0]
+        words = row[2:] if row[0] == "would" else row[1:]
+        # JOB CLUSTER SLURM LOG [exit=N] FOLDER NOTE...
+        index = 5 if words[4].startswith("exit=") else 4
+        result[words[index]] = (action, " ".join(words[index + 1 :]))
+    return result
+
+
+def test_help(jobtools: JobTools):
+    result = jobtools.run("removejobs", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--commit" in text
+    assert "nothing else (never the job script)" in text
+    assert "lists as pending or running is never selected" in text
+
+
+def test_remove_failed_jobs_then_boot_resubmits_them(jobtools: JobTools):
+    wf = jobtools.workflow
+    wf.plan("""
+        static("ok/", "ok/slurmjob.sh", "bad/", "bad/slurmjob.sh")
+        sbatch("ok/")
+        sbatch("bad/")
+    """)
+    wf.job("ok", "#!/usr/bin/env bash\necho fine\n")
+    wf.job("bad", "#!/usr/bin/env bash\necho broken >&2\nexit 3\n")
+    (wf.root / "bad/notes.txt").write_text("the user's own file\n")
+    first = wf.boot()
+    assert first.returncode != 0
+    ok_id = read_log(wf.root / "ok/slurmjob.log").job_id
+    bad_id = read_log(wf.root / "bad/slurmjob.log").job_id
+    assert {p.name for p in (wf.root / "bad").files()} == {*JOB_FILES, "slurmjob.sh", "notes.txt"}
+    # Not part of the workflow: a pending job whose (stale) log says it failed, a running
+    # job, and a cancelled job.
+    pending = jobtools.submit("pending", records=("FAILED",), ret="1\n")
+    running = jobtools.submit("running", hold=False)
+    cancelled = jobtools.submit("cancelled", records=("CANCELLED",), ret="")
+    subprocess.run(["scancel", str(cancelled)], check=True)
+    wait_for(lambda: scontrol_state(running) == "RUNNING", 60, "the job to run")
+    # SLURM creates the job's output files once it starts.
+    outputs = [wf.root / "running/slurmjob.out", wf.root / "running/slurmjob.err"]
+    wait_for(lambda: all(path.exists() for path in outputs), 30, "the output files")
+    wait_for(lambda: scontrol_state(cancelled) == "CANCELLED", 30, "the cancellation")
+
+    before = snapshot(wf.root)
+    listed = jobtools.run("removejobs")
+    assert listed.returncode == 0, listed.stderr
+    assert notes(table(listed.stdout)) == {
+        "bad": ("would remove", "exit code 3"),
+        "cancelled": ("would remove", "ended CANCELLED"),
+        "ok": ("keep", "succeeded (--all selects it)"),
+        "pending": ("keep", "still PENDING in SLURM"),
+        "running": ("keep", "still RUNNING in SLURM"),
+    }
+    assert "Summary: found 5 jobs, would remove 2, kept 3, errors 0." in listed.stdout
+    assert "Nothing was removed: add --commit" in listed.stdout
+    assert snapshot(wf.root) == before
+
+    jobtools.reset_calls()
+    result = jobtools.run("removejobs", "--commit")
+    assert result.returncode == 0, result.stderr
+    assert "Summary: found 5 jobs, removed 2, kept 3, errors 0." in result.stdout
+    assert [row[0] for row in table(result.stdout)].count("removed") == 2
+    assert len(jobtools.calls("squeue")) == 1
+    after = snapshot(wf.root)
+    removed = {f"bad/{name}" for name in JOB_FILES} | {
+        "cancelled/slurmjob.log",
+        "cancelled/slurmjob.ret",
+    }
+    assert set(before) - set(after) == removed
+    assert after == {key: value for key, value in before.items() if key not in removed}
+    assert scontrol_state(pending) == "PENDING"
+    assert scontrol_state(running) == "RUNNING"
+
+    second = wf.boot()
+    assert second.returncode != 0
+    new_bad = read_log(wf.root / "bad/slurmjob.log").job_id
+    assert new_bad not in (bad_id, ok_id)
+    assert read_log(wf.root / "ok/slurmjob.log").job_id == ok_id
+    # Only the removed job was submitted again.
+
+    def workdirs() -> list[str]:
+        names = (Path(record["WorkDir"]).name for record in wf.jobs())
+        return sorted(name for name in names if name in ("bad", "ok"))
+
+    wait_for(lambda: len(workdirs()) >= 3, 30, "sacct to record the jobs")
+    assert workdirs() == ["bad", "bad", "ok"]
+
+
+def test_all_selects_succeeded_jobs(jobtools: JobTools):
+    root = jobtools.workflow.root
+    # The logs as StepUp Queue leaves them: the step ends once the exit code appears.
+    completed = jobtools.submit(
+        "completed", hold=False, command="true", records=("RUNNING", "COMPLETED"), ret="0\n"
+    )
+    exit_only = jobtools.submit(
+        "exit_only", hold=False, command="true", records=("RUNNING",), ret="0\n"
+    )
+    failed = jobtools.submit(
+        "failed", hold=False, command="exit 2", records=("RUNNING",), ret="2\n"
+    )
+    jobtools.submit("held", records=("COMPLETED",), ret="0\n")
+    wait_for(
+        lambda: (
+            [scontrol_state(i) for i in (completed, exit_only, failed)]
+            == ["COMPLETED", "COMPLETED", "FAILED"]
+        ),
+        60,
+        "the jobs to end",
+    )
+    (root / "corrupt").makedirs_p()
+    (root / "corrupt/slurmjob.log").write_text("garbage\n")
+
+    result = jobtools.run("removejobs")
+    assert result.returncode == 0, result.stderr
+    assert notes(table(result.stdout)) == {
+        "completed": ("keep", "succeeded (--all selects it)"),
+        "exit_only": ("keep", "succeeded (--all selects it)"),
+        "failed": ("would remove", "exit code 2"),
+        "held": ("keep", "still PENDING in SLURM"),
+    }
+    assert "./corrupt/slurmjob.log" in result.stderr
+
+    result = jobtools.run("removejobs", "--all", "--commit")
+    assert result.returncode == 0, result.stderr
+    assert notes(table(result.stdout)) == {
+        "completed": ("removed", "succeeded"),
+        "exit_only": ("removed", "succeeded"),
+        "failed": ("removed", "exit code 2"),
+        "held": ("keep", "still PENDING in SLURM"),
+    }
+    assert "Summary: found 4 jobs, removed 3, kept 1, errors 1." in result.stdout
+    for folder in "completed", "exit_only", "failed":
+        assert (root / folder).files() == []
+    assert {p.name for p in (root / "held").files()} == {"slurmjob.log", "slurmjob.ret"}
+    assert (root / "corrupt/slurmjob.log").read_text() == "garbage\n"
+
+
+@pytest.mark.parametrize("broken", ["squeue", "cluster"])
+def test_refuses_when_slurm_cannot_be_asked(jobtools: JobTools, broken: str):
+    root = jobtools.workflow.root
+    failed = jobtools.submit("failed", hold=False, command="exit 1", records=("FAILED",), ret="1")
+    wait_for(lambda: scontrol_state(failed) == "FAILED", 60, "the job to fail")
+    env = {}
+    if broken == "squeue":
+        bindir = root.parent / "broken"
+        bindir.makedirs_p()
+        (bindir / "squeue").write_text(
+            "#!/usr/bin/env bash\n"
+            "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2\n"
+            "exit 1\n"
+        )
+        (bindir / "squeue").chmod(0o755)
+        env["PATH"] = f"{bindir}:{jobtools.workflow.env['PATH']}"
+    else:
+        jobtools.submit("elsewhere", cluster="nosuchcluster", records=("FAILED",), ret="1")
+    before = snapshot(root)
+    for args in [(), ("--commit",), ("--all", "--commit")]:
+        result = jobtools.run("removejobs", *args, env=env)
+        assert result.returncode == 1
+        assert "Warning: could not ask SLURM about" in result.stderr
+        assert "Nothing was removed: SLURM could not be asked" in result.stderr
+        assert "removed" not in [row[0] for row in table(result.stdout)]
+        assert snapshot(root) == before
