@@ -4,6 +4,7 @@ The parsers are fed with output captured from the real SLURM 22.05 of the local 
 see `tests/data/README.md`.
 """
 
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -460,10 +461,6 @@ def test_state_cache_queries_once_within_timeout(slurm, tmp_path, logged_squeue)
     _, _, output = check_cache_file(cache.path, before)
     assert parse_squeue(output) == (first.states, first.comments)
     assert (Path(tmp_path) / "cache" / "squeue_me.out.lock").is_file()
-    # force=True asks SLURM again.
-    third = cache.snapshot(force=True)
-    assert logged_squeue.read_text().count("\n") == 2
-    assert third.time > first.time
 
 
 def test_state_cache_with_cluster(slurm, tmp_path, logged_squeue):
@@ -592,3 +589,24 @@ def test_check_writable(tmp_path):
     message = str(excinfo.value)
     assert f"Cannot use the shared scheduler cache in {blocker / 'cache'}" in message
     assert "STEPUP_QUEUE_CACHE_DIR" in message
+
+
+def test_state_cache_two_hundred_processes_query_once(slurm, tmp_path, logged_squeue):
+    """200 processes asking at the same moment share one squeue call."""
+    config = Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=60)
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(200)
+    results = context.Queue()
+
+    def ask():
+        barrier.wait()
+        results.put(StateCache(config, None).snapshot().ok)
+
+    processes = [context.Process(target=ask) for _ in range(200)]
+    for process in processes:
+        process.start()
+    answers = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join()
+    assert answers == [True] * 200
+    assert logged_squeue.read_text() == "--me -t all -h -o %i|%T|%k\n"

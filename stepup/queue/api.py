@@ -73,7 +73,7 @@ def sbatch(
 
     Returns
     -------
-    step_info
+    step_info : StepInfo
         What `stepup.core.api.step()` returns, to define follow-up steps.
 
     Raises
@@ -83,13 +83,15 @@ def sbatch(
 
     Examples
     --------
-    In `plan.py`::
+    In `plan.py`:
 
-        from stepup.core.api import static
-        from stepup.queue.api import sbatch
+    ```python
+    from stepup.core.api import static
+    from stepup.queue.api import sbatch
 
-        static("compute/", "compute/slurmjob.sh")
-        sbatch("compute/", out="result.txt")
+    static("compute/", "compute/slurmjob.sh")
+    sbatch("compute/", out="result.txt")
+    ```
     """
     if ext == "":
         ext = ".sh"

@@ -357,17 +357,11 @@ class StateCache:
             return ["scontrol", "show", "job", *cluster]
         return squeue_command(self.cluster)
 
-    def snapshot(self, force: bool = False) -> Snapshot:
-        """Return SLURM's answer, from the cache when it is younger than the timeout.
-
-        Parameters
-        ----------
-        force
-            Query SLURM even when the cache is fresh.
-        """
+    def snapshot(self) -> Snapshot:
+        """Return SLURM's answer, from the cache when it is younger than the timeout."""
         self.config.cache_dir.makedirs_p()
         with _locked(self.path + ".lock"):
-            cached = None if force else self._read()
+            cached = self._read()
             now = datetime.now()
             if cached is None or not (
                 timedelta(0) <= now - cached[0] <= timedelta(seconds=self.config.cache_timeout)
