@@ -5,7 +5,8 @@ from conftest import JobTools
 from path import Path
 
 from stepup.queue.joblog import JobLog, append_record, start_log
-from stepup.queue.jobsearch import FoundJob, ask_slurm, find_jobs, format_table, read_ret
+from stepup.queue.jobsearch import FoundJob, ask_slurm, find_jobs, format_table
+from stepup.queue.wrapper import read_ret
 
 DIGEST = "0123456789abcdef"
 

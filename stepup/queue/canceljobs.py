@@ -8,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .jobsearch import FoundJob, add_search_arguments, command_timeout, format_table, search_jobs
+from .jobsearch import FoundJob, add_search_arguments, format_table, search_jobs
 from .scheduler import MAX_SCANCEL_IDS, cancel
 
 __all__ = ("canceljobs_subcommand", "canceljobs_tool")
@@ -62,11 +62,9 @@ def _decide(job: FoundJob, cancel_all: bool) -> tuple[bool, str]:
 
 def canceljobs_tool(args: argparse.Namespace) -> int:
     """Cancel the jobs found below `args.paths`; return the exit status."""
-    timeout = command_timeout()
-    if timeout is None:
+    search = search_jobs(args.paths)
+    if search is None:
         return 2
-    search = search_jobs(args.paths, timeout)
-    search.report_problems()
 
     decisions = [(job, *_decide(job, args.all)) for job in search.jobs]
     by_cluster: dict[str | None, set[int]] = {}
@@ -80,7 +78,7 @@ def canceljobs_tool(args: argparse.Namespace) -> int:
     if not args.dry_run:
         for cluster, ids in by_cluster.items():
             ordered = sorted(ids)
-            results = cancel(ordered, cluster, timeout)
+            results = cancel(ordered, cluster, search.timeout)
             ncall += len(results)
             for start, result in zip(range(0, len(ordered), MAX_SCANCEL_IDS), results, strict=True):
                 if result.returncode != 0:

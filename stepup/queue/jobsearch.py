@@ -17,7 +17,7 @@ from path import Path
 from .config import Config, ConfigError
 from .joblog import FINAL_STATES, LOG_NAME, JobLog, JobLogError, find_logs, read_log
 from .scheduler import parse_squeue, run_command, squeue_command
-from .wrapper import RET_NAME
+from .wrapper import read_ret
 
 __all__ = (
     "FAILED_STATES",
@@ -25,41 +25,13 @@ __all__ = (
     "JobSearch",
     "add_search_arguments",
     "ask_slurm",
-    "command_timeout",
     "find_jobs",
     "format_table",
-    "read_ret",
     "search_jobs",
 )
 
 # Final states in which the job did not end well.
 FAILED_STATES = FINAL_STATES - {"COMPLETED"}
-
-
-def read_ret(folder: str | Path) -> int | str | None:
-    """Read the exit code that the wrapper wrote in a job folder.
-
-    Parameters
-    ----------
-    folder
-        The job folder.
-
-    Returns
-    -------
-    code
-        The exit code; `None` when `slurmjob.ret` is absent or empty (the job did not end,
-        or ended without running the script to its end); the text when it is no integer.
-    """
-    try:
-        text = (Path(folder) / RET_NAME).read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
-    if text == "":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return text
 
 
 @dataclass
@@ -154,11 +126,14 @@ class JobSearch:
         One message for each PATH or log that could not be used.
     unreachable
         Cluster (`None` for the default cluster) → why SLURM could not be asked about it.
+    timeout
+        Seconds after which a SLURM command is killed (`STEPUP_SBATCH_COMMAND_TIMEOUT`).
     """
 
     jobs: list[FoundJob] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     unreachable: dict[str | None, str] = field(default_factory=dict)
+    timeout: float = 60.0
 
     def report_problems(self):
         """Print the errors and the unreachable clusters on standard error."""
@@ -252,19 +227,30 @@ def ask_slurm(jobs: list[FoundJob], timeout: float) -> dict[str | None, str]:
     return unreachable
 
 
-def search_jobs(paths: Iterable[str | Path], timeout: float) -> JobSearch:
-    """Find the jobs below the given folders and ask SLURM for their current states.
+def search_jobs(paths: Iterable[str | Path]) -> JobSearch | None:
+    """Find the jobs below the given folders, ask SLURM for their states, report problems.
 
     Parameters
     ----------
     paths
         The folders to search.
-    timeout
-        Seconds after which a SLURM command is killed.
+
+    Returns
+    -------
+    search
+        What was found, or `None` (after printing why) when the environment sets an invalid
+        command timeout.
     """
+    try:
+        timeout = Config.from_environ().command_timeout
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return None
     jobs, errors = find_jobs(paths)
     unreachable = ask_slurm(jobs, timeout)
-    return JobSearch(jobs, errors, unreachable)
+    search = JobSearch(jobs, errors, unreachable, timeout)
+    search.report_problems()
+    return search
 
 
 def add_search_arguments(parser: argparse.ArgumentParser):
@@ -278,15 +264,6 @@ def add_search_arguments(parser: argparse.ArgumentParser):
         help=f"Folders searched recursively for {LOG_NAME} (hidden folders are skipped). "
         "Default: the current folder.",
     )
-
-
-def command_timeout() -> float | None:
-    """The timeout of SLURM commands from the environment, `None` (after an error) if invalid."""
-    try:
-        return Config.from_environ().command_timeout
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return None
 
 
 def format_table(rows: list[tuple[str, FoundJob, str]]) -> list[str]:

@@ -30,7 +30,7 @@ from .scheduler import (
     sacct_state,
     submit,
 )
-from .wrapper import RET_NAME, JobScript, read_job_script, render_wrapper
+from .wrapper import RET_NAME, JobScript, read_job_script, read_ret, render_wrapper
 
 __all__ = ("JobError", "run_job")
 
@@ -175,20 +175,6 @@ def _submit_once(joblog: JobLog, script: JobScript, rc: str | None, config: Conf
     raise JobError(f"Could not submit {Path.cwd() / script.path}: {detail}")
 
 
-def _read_ret() -> int | str | None:
-    """The exit code in slurmjob.ret, `None` when absent or empty, the text when garbled."""
-    try:
-        text = Path(RET_NAME).read_text().strip()
-    except FileNotFoundError:
-        return None
-    if text == "":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return text
-
-
 def _nap(config: Config, since: datetime | None = None):
     age = None if since is None else (datetime.now() - since).total_seconds()
     time.sleep(random.uniform(*config.sleep_range(age)))
@@ -217,7 +203,7 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
     state = joblog.last_state
     next_query = time.monotonic() + first_query
     while True:
-        if _read_ret() is not None:
+        if read_ret() is not None:
             return state
         if time.monotonic() >= next_query:
             next_query = (
@@ -240,13 +226,13 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
 
 
 def _finish(joblog: JobLog, state: str | None, config: Config) -> int:
-    code = _read_ret()
+    code = read_ret()
     if code is None and (state is None or state in _SCRIPT_ENDED):
         # The script ended, but its exit code may not have reached this node yet.
         deadline = time.monotonic() + config.ret_timeout
         while code is None and time.monotonic() < deadline:
             _nap(config)
-            code = _read_ret()
+            code = read_ret()
     if isinstance(code, int):
         if code != 0:
             print(f"Job {joblog.job_id} ended with exit code {code}. See slurmjob.err.")

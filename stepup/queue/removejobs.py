@@ -13,7 +13,6 @@ from .jobsearch import (
     FAILED_STATES,
     FoundJob,
     add_search_arguments,
-    command_timeout,
     format_table,
     search_jobs,
 )
@@ -98,11 +97,9 @@ def _remove_files(job: FoundJob) -> list[str]:
 
 def removejobs_tool(args: argparse.Namespace) -> int:
     """List or remove the files of the selected jobs found below `args.paths`."""
-    timeout = command_timeout()
-    if timeout is None:
+    search = search_jobs(args.paths)
+    if search is None:
         return 2
-    search = search_jobs(args.paths, timeout)
-    search.report_problems()
     decisions = [(job, *_decide(job, args.all)) for job in search.jobs]
     refuse = bool(search.unreachable)
 

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 from path import Path
 
-__all__ = ("JobScript", "JobScriptError", "read_job_script", "render_wrapper")
+__all__ = (
+    "RET_NAME",
+    "JobScript",
+    "JobScriptError",
+    "read_job_script",
+    "read_ret",
+    "render_wrapper",
+)
 
 RET_NAME = "slurmjob.ret"
 
@@ -193,3 +200,29 @@ def render_wrapper(script: JobScript) -> str:
         'exit "$code"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def read_ret(folder: str | Path = ".") -> int | str | None:
+    """Read the exit code that the wrapper wrote in a job folder.
+
+    Parameters
+    ----------
+    folder
+        The job folder.
+
+    Returns
+    -------
+    code
+        The exit code; `None` when `slurmjob.ret` is absent or empty (the job did not end,
+        or ended without running the script to its end); the text when it is no integer.
+    """
+    try:
+        text = (Path(folder) / RET_NAME).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
