@@ -22,13 +22,16 @@ CONFIG_CHANGED=
 say() { echo "local-slurm: $*" >&2; }
 
 # True when the pid in file $1 is alive and its command name contains $2.
+# A killed daemon whose parent never reaps it stays a zombie (state Z): that counts as dead.
 alive() {
-    local pidfile=$1 name=$2 pid
+    local pidfile=$1 name=$2 pid stat
     [[ -s $pidfile ]] || return 1
     pid=$(<"$pidfile")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/comm ]] || return 1
-    grep -q "$name" "/proc/$pid/comm"
+    stat=$(cat "/proc/$pid/stat" 2> /dev/null) || return 1
+    [[ $stat == *"($name)"* ]] || return 1
+    # The state is the first field after the command name in parentheses.
+    [[ ${stat##*) } != Z* ]]
 }
 
 wait_for() {
