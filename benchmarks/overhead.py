@@ -1,0 +1,74 @@
+"""Workflow overhead: `stepup boot -n 20` of 20 independent jobs that each sleep 2 s.
+
+The same jobs run as StepUp Queue `sbatch()` steps and as plain `runsh` steps that poll for an
+exit-code file every 0.2 s (the practical limit), alternating, in fresh folders each time.
+Run alone with `python -m benchmarks.overhead`.
+"""
+
+import argparse
+
+from path import Path
+
+from .common import bench_folder, default_stepup
+from .jobs import Job, RunResult, boot_fresh, measure_run
+
+__all__ = ("independent_jobs", "run_overhead")
+
+
+def independent_jobs(count: int, seconds: float) -> list[Job]:
+    """`count` jobs that each sleep `seconds`."""
+    return [Job(f"job{i:03d}/", f"sleep {seconds:g}") for i in range(count)]
+
+
+def run_overhead(
+    parent: Path,
+    repeats: int = 1,
+    count: int = 20,
+    seconds: float = 2.0,
+    others: dict[str, Path] | None = None,
+) -> dict[str, list[RunResult]]:
+    """Run the independent-jobs workflow with each kind of step, `repeats` times.
+
+    Parameters
+    ----------
+    parent
+        The folder in which the workflow folders are made.
+    repeats
+        How often each variant runs (alternating).
+    count
+        The number of jobs, and of StepUp workers.
+    seconds
+        How long each job sleeps.
+    others
+        Name → `stepup` of other StepUp Queue installs to compare with.
+
+    Returns
+    -------
+    results
+        Variant name (`queue`, `poll` or a name of `others`) → one result per repetition.
+    """
+    variants = {"queue": ("queue", default_stepup()), "poll": ("poll", default_stepup())}
+    variants |= {name: ("other", stepup) for name, stepup in (others or {}).items()}
+    jobs = independent_jobs(count, seconds)
+    results: dict[str, list[RunResult]] = {name: [] for name in variants}
+    for rep in range(repeats):
+        for name, (kind, stepup) in variants.items():
+            wf, run = boot_fresh(
+                parent, f"overhead-{name}-{rep}", stepup, kind, jobs, workers=count, timeout=300
+            )
+            result = measure_run(wf, "poll" if kind == "poll" else "queue", jobs, run)
+            print(f"  overhead {name} #{rep}: {result.summary()}", flush=True)
+            results[name].append(result)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    with bench_folder() as parent:
+        run_overhead(parent, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
