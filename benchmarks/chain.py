@@ -9,8 +9,8 @@ import argparse
 
 from path import Path
 
-from .common import bench_folder, default_stepup
-from .jobs import Job, RunResult, boot_fresh, measure_run
+from .common import bench_folder
+from .jobs import Job, RunResult, run_variants
 
 __all__ = ("chain_jobs", "run_chain")
 
@@ -34,20 +34,10 @@ def run_chain(
     others: dict[str, Path] | None = None,
 ) -> dict[str, list[RunResult]]:
     """Run the chain with each kind of step, `repeats` times (see `run_overhead`)."""
-    variants = {"queue": ("queue", default_stepup()), "poll": ("poll", default_stepup())}
-    variants |= {name: ("other", stepup) for name, stepup in (others or {}).items()}
     jobs = chain_jobs(count, seconds)
-    results: dict[str, list[RunResult]] = {name: [] for name in variants}
-    for rep in range(repeats):
-        for name, (kind, stepup) in variants.items():
-            wf, run = boot_fresh(
-                parent, f"chain-{name}-{rep}", stepup, kind, jobs, workers=2, timeout=600
-            )
-            result = measure_run(wf, "poll" if kind == "poll" else "queue", jobs, run, True)
-            gaps = ", ".join(f"{gap:.2f}" for gap in result.fine_gaps)
-            print(f"  chain {name} #{rep}: {result.summary()}, gaps {gaps}", flush=True)
-            results[name].append(result)
-    return results
+    return run_variants(
+        parent, "chain", jobs, repeats=repeats, workers=2, timeout=600, others=others, chained=True
+    )
 
 
 def main():

@@ -13,9 +13,18 @@ from dataclasses import dataclass, field
 
 from path import Path
 
-from .common import BootRun, Workflow, cancel_leftovers, median
+from .common import BootRun, Workflow, cancel_leftovers, default_stepup, median
 
-__all__ = ("POLL_COMMAND", "RETRIES", "Job", "RunResult", "boot_fresh", "measure_run", "write_jobs")
+__all__ = (
+    "POLL_COMMAND",
+    "RETRIES",
+    "Job",
+    "RunResult",
+    "boot_fresh",
+    "measure_run",
+    "run_variants",
+    "write_jobs",
+)
 
 # Descriptions of the runs that failed for reasons outside StepUp Queue and were repeated.
 RETRIES: list[str] = []
@@ -246,3 +255,57 @@ def boot_fresh(
             RETRIES.append(f"{wf.root.name}: {reason}")
             print(f"  {wf.root.name} failed ({reason}); trying again", flush=True)
     raise AssertionError("unreachable")
+
+
+def run_variants(
+    parent: Path,
+    tag: str,
+    jobs: list[Job],
+    *,
+    repeats: int,
+    workers: int,
+    timeout: float,
+    others: dict[str, Path] | None = None,
+    chained: bool = False,
+) -> dict[str, list[RunResult]]:
+    """Run one workflow with each kind of step, `repeats` times, alternating the kinds.
+
+    Parameters
+    ----------
+    parent
+        The folder in which the workflow folders are made.
+    tag
+        The name of the benchmark, used in folder names and progress lines.
+    jobs
+        The jobs of the workflow.
+    repeats
+        How often each variant runs.
+    workers
+        The number of StepUp workers (`stepup boot -n`).
+    timeout
+        Seconds after which a run is given up.
+    others
+        Name → `stepup` of other StepUp Queue installs to compare with.
+    chained
+        True when the jobs depend on each other in the given order (see `measure_run`).
+
+    Returns
+    -------
+    results
+        Variant name (`queue`, `poll` or a name of `others`) → one result per repetition.
+    """
+    variants = {"queue": ("queue", default_stepup()), "poll": ("poll", default_stepup())}
+    variants |= {name: ("other", stepup) for name, stepup in (others or {}).items()}
+    results: dict[str, list[RunResult]] = {name: [] for name in variants}
+    for rep in range(repeats):
+        for name, (kind, stepup) in variants.items():
+            wf, run = boot_fresh(
+                parent, f"{tag}-{name}-{rep}", stepup, kind, jobs, workers=workers, timeout=timeout
+            )
+            result = measure_run(wf, "poll" if kind == "poll" else "queue", jobs, run, chained)
+            line = f"  {tag} {name} #{rep}: {result.summary()}"
+            if chained:
+                line += ", gaps " + ", ".join(f"{gap:.2f}" for gap in result.fine_gaps)
+            print(line, flush=True)
+            results[name].append(result)
+    return results

@@ -9,8 +9,8 @@ import argparse
 
 from path import Path
 
-from .common import bench_folder, default_stepup
-from .jobs import Job, RunResult, boot_fresh, measure_run
+from .common import bench_folder
+from .jobs import Job, RunResult, run_variants
 
 __all__ = ("independent_jobs", "run_overhead")
 
@@ -47,19 +47,10 @@ def run_overhead(
     results
         Variant name (`queue`, `poll` or a name of `others`) → one result per repetition.
     """
-    variants = {"queue": ("queue", default_stepup()), "poll": ("poll", default_stepup())}
-    variants |= {name: ("other", stepup) for name, stepup in (others or {}).items()}
     jobs = independent_jobs(count, seconds)
-    results: dict[str, list[RunResult]] = {name: [] for name in variants}
-    for rep in range(repeats):
-        for name, (kind, stepup) in variants.items():
-            wf, run = boot_fresh(
-                parent, f"overhead-{name}-{rep}", stepup, kind, jobs, workers=count, timeout=300
-            )
-            result = measure_run(wf, "poll" if kind == "poll" else "queue", jobs, run)
-            print(f"  overhead {name} #{rep}: {result.summary()}", flush=True)
-            results[name].append(result)
-    return results
+    return run_variants(
+        parent, "overhead", jobs, repeats=repeats, workers=count, timeout=300, others=others
+    )
 
 
 def main():
