@@ -77,10 +77,10 @@ def run_job(ext: str, rc: str | None, config: Config) -> int:
     log_path = Path.cwd() / LOG_NAME
     joblog = read_log(log_path) if log_path.exists() else None
     if joblog is not None and joblog.digest != digest:
-        joblog = _inputs_changed(joblog, digest, config)
+        joblog = _inputs_changed(joblog, digest, config, script)
     if joblog is None:
         start_log(log_path, digest)
-        joblog = read_log(log_path)
+        joblog = JobLog(log_path, digest)
     # A fresh submission gives SLURM one cache period before its state is asked.
     first_query = config.cache_timeout
     if joblog.job_id is None:
@@ -98,15 +98,16 @@ def _on_cluster(joblog: JobLog) -> str:
     return "" if joblog.cluster is None else f" on cluster {joblog.cluster}"
 
 
-def _inputs_changed(joblog: JobLog, digest: str, config: Config) -> JobLog | None:
+def _inputs_changed(
+    joblog: JobLog, digest: str, config: Config, script: JobScript
+) -> JobLog | None:
     what = f"job {joblog.job_id}" if joblog.job_id is not None else "a job"
     if config.onchange is OnChange.IGNORE:
         print(f"Inputs changed since {what} was submitted; still waiting for it (onchange=ignore)")
         return joblog
     if config.onchange is OnChange.RAISE:
         raise JobError(
-            f"The inputs of this step changed since {what} was submitted from "
-            f"{Path.cwd() / LOG_NAME}.\n"
+            f"The inputs of this step changed since {what} was submitted from {joblog.path}.\n"
             f"  digest in the log:  {joblog.digest}\n"
             f"  digest of the step: {digest}\n"
             "To run the job again with the new inputs, either cancel the old job if needed "
@@ -118,7 +119,9 @@ def _inputs_changed(joblog: JobLog, digest: str, config: Config) -> JobLog | Non
         )
     job_id, cluster = joblog.job_id, joblog.cluster
     if job_id is None and joblog.token is not None and joblog.submitting_time is not None:
-        _, job_id = find_by_token(joblog.token, None, joblog.submitting_time, config)
+        # Submitted with the old inputs, but killed before the Submitted record.
+        _, job_id = find_by_token(joblog.token, script.clusters, joblog.submitting_time, config)
+        cluster = script.cluster
     if job_id is not None and not joblog.done:
         for result in cancel([job_id], cluster, config.command_timeout):
             if result.returncode != 0:
@@ -147,8 +150,7 @@ def _submit_once(joblog: JobLog, script: JobScript, rc: str | None, config: Conf
             # The earlier attempt may have reached SLURM even though we never saw its answer.
             certain, job_id = find_by_token(token, script.clusters, since, config)
             if job_id is not None:
-                # With several clusters in -M, the job is recorded on the first one.
-                suffix = f";{script.clusters.split(',')[0]}" if script.clusters else ""
+                suffix = "" if script.cluster is None else f";{script.cluster}"
                 append_record(joblog.path, f"Submitted {job_id}{suffix}")
                 return
             if not certain:
@@ -211,7 +213,9 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
             )
             snapshot = cache.snapshot()
             if config.debug:
-                print(f"{snapshot.time} {cache.command()} rc={snapshot.returncode}")
+                print(
+                    f"{snapshot.time} {cache.command()} rc={snapshot.returncode} {snapshot.error}"
+                )
             if snapshot.ok and snapshot.time >= trusted_after:
                 current = snapshot.states.get(joblog.job_id)
                 if current is None:

@@ -57,6 +57,11 @@ class JobScript:
     clusters: str | None
     command: str
 
+    @property
+    def cluster(self) -> str | None:
+        """The cluster sbatch submits to: with several in `-M`, the first is recorded."""
+        return self.clusters.split(",")[0] if self.clusters else None
+
 
 def read_job_script(path: str | Path) -> JobScript:
     """Read and check a job script before anything is submitted.
