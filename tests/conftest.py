@@ -61,6 +61,14 @@ def scontrol_state(job_id: int) -> str | None:
     return None
 
 
+def _read(path: Path) -> str:
+    """The text of a file that StepUp may remove at any moment, empty when it is gone."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 @dataclass
 class Workflow:
     """A StepUp workflow in a temporary folder, run with the real `stepup boot`."""
@@ -89,49 +97,65 @@ class Workflow:
         return path
 
     def boot(self, *args: str, timeout: float = 240, env: dict | None = None):
-        """Run `stepup boot` to the end and return the completed process.
-
-        StepUp Core 3.2.3 now and then hangs at start-up when a worker cannot reach the
-        reporter yet (ConnectionRefusedError in .stepup/worker*.log). Only such a boot is
-        killed after the timeout and run once more; any other hang fails the test.
-        """
-        try:
-            return self._boot_once(args, timeout, env)
-        except subprocess.TimeoutExpired:
-            logs = (self.root / ".stepup").glob("worker*.log")
-            if not any("ConnectionRefusedError" in path.read_text() for path in logs):
-                raise
-        return self._boot_once(args, timeout, env)
-
-    def _boot_once(self, args: tuple[str, ...], timeout: float, env: dict | None):
-        proc = subprocess.Popen(
-            ["stepup", "boot", *args],
-            cwd=self.root,
-            env=self.env | (env or {}),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        """Run `stepup boot` to the end and return the completed process."""
+        proc = self.popen(*args, env=env, stderr=subprocess.PIPE)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill(proc)
-            raise
+            stdout, stderr = proc.communicate()
+            pytest.fail(
+                f"stepup boot did not end within {timeout} s.\n"
+                f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n{self._stepup_logs()}"
+            )
         return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
-    def popen(self, *args: str, env: dict | None = None) -> subprocess.Popen:
-        """Start `stepup boot` in the background, in its own process group."""
-        return subprocess.Popen(
-            ["stepup", "boot", *args],
-            cwd=self.root,
-            env=self.env | (env or {}),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+    def popen(
+        self, *args: str, env: dict | None = None, stderr: int = subprocess.STDOUT
+    ) -> subprocess.Popen:
+        """Start `stepup boot` in the background, in its own process group.
+
+        StepUp Core 3.2.3 now and then dies at start-up when it connects to a worker's socket
+        before the worker listens on it (ConnectionRefusedError in .stepup/director.log or
+        worker*.log) and then hangs. Such a start is killed and made again, up to three times;
+        this returns once the workers run (StepUp's `PHASE run` line) or the boot ended.
+        """
+        stepup_dir = self.root / ".stepup"
+        for _ in range(3):
+            # Stale logs of an earlier boot must not be taken for this one's.
+            for path in stepup_dir.glob("*.log"):
+                path.remove()
+            proc = subprocess.Popen(
+                ["stepup", "boot", *args],
+                cwd=self.root,
+                env=self.env | (env or {}),
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            if not self._crashed_at_startup(proc):
+                return proc
+            self.kill(proc)
+        pytest.fail(f"StepUp Core crashed three times at start-up.\n{self._stepup_logs()}")
+
+    def _crashed_at_startup(self, proc: subprocess.Popen, timeout: float = 120) -> bool:
+        stepup_dir = self.root / ".stepup"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            logs = {path.name: _read(path) for path in stepup_dir.glob("*.log")}
+            if any("ConnectionRefusedError" in text for text in logs.values()):
+                return True
+            if "PHASE" in logs.get("success.log", ""):
+                return False
+            time.sleep(0.05)
+        return False
+
+    def _stepup_logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name} ---\n{_read(path)}"
+            for path in sorted((self.root / ".stepup").glob("*.log"))
         )
 
     def kill(self, proc: subprocess.Popen):
