@@ -271,6 +271,57 @@ def test_home_unset(workflow: Workflow):
     assert not (workflow.root / "job/slurmjob.log").exists()
 
 
+def test_job_folder_not_writable(workflow: Workflow):
+    """A job folder where the log cannot be written: clear error, no job, and a later run works.
+
+    `chattr +i` makes the folder immutable, even for root (the tests run as root, so a mode
+    of 555 would not stop the write).
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho later\n")
+    folder = workflow.root / "job"
+    subprocess.run(["chattr", "+i", folder], check=True)
+    try:
+        result = workflow.boot()
+    finally:
+        subprocess.run(["chattr", "-i", folder], check=True)
+    assert result.returncode != 0
+    assert f"Error: Operation not permitted: {folder / 'slurmjob.log'}" in result.stdout
+    assert "run the workflow again" in result.stdout
+    assert "Traceback" not in result.stdout
+    assert workflow.jobs() == []
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    assert len(workflow.final_jobs(1)) == 1
+    assert (folder / "slurmjob.out").read_text() == "later\n"
+
+
+def test_log_not_writable_after_sbatch(workflow: Workflow, tmp_path):
+    """The log cannot take the Submitted record (e.g. quota exceeded): one job all the same.
+
+    A fake `sbatch` on PATH runs the real one and then makes `slurmjob.log` immutable
+    (`chattr +i`): a file system that fails at exactly that moment cannot be had otherwise.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\nsleep 1\necho once\n")
+    bindir = Path(tmp_path) / "bin"
+    fake_command(bindir, "sbatch", '/usr/bin/sbatch "$@"\nchattr +i slurmjob.log\n')
+    log = workflow.root / "job/slurmjob.log"
+    try:
+        result = workflow.boot(env=with_bin(workflow, bindir))
+    finally:
+        subprocess.run(["chattr", "-i", log], check=False)
+    assert result.returncode != 0
+    assert f"Error: Operation not permitted: {log}" in result.stdout
+    assert "Traceback" not in result.stdout
+    assert read_log(log).job_id is None
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    (record,) = workflow.final_jobs(1)
+    assert record["JobIDRaw"] == str(read_log(log).job_id)
+    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
+
+
 # Disruptive tests: they stop daemons of the shared local cluster.
 
 

@@ -8,6 +8,7 @@ import argparse
 import shlex
 import sys
 
+from path import Path
 from stepup.core.worker import WorkThread
 
 from .config import Config
@@ -72,6 +73,16 @@ def sbatch(argstr: str, work_thread: WorkThread) -> int:
     except (ValueError, JobError) as exc:
         # The message says what went wrong and what to do: a traceback would not help.
         print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A full disk, an exceeded quota or a read-only folder: no traceback, just the file.
+        where = "" if exc.filename is None else f": {exc.filename}"
+        print(
+            f"Error: {exc.strerror or exc}{where}\n"
+            f"Free space or fix the permissions in {Path.cwd()}, then run the workflow again: "
+            "a job submitted before the error is found again, not submitted twice.",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(
