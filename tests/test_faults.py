@@ -342,6 +342,53 @@ def restore_slurm():
     start_daemons()
 
 
+@pytest.fixture
+def accounting_without_comments():
+    """For one test, SLURM's default: the accounting database does not store job comments."""
+    conf = Path("/etc/slurm/slurm.conf")
+    original = conf.read_text()
+    assert "AccountingStoreFlags=job_comment\n" in original
+    conf.write_text(original.replace("AccountingStoreFlags=job_comment\n", ""))
+    subprocess.run(["scontrol", "reconfigure"], check=True)
+    try:
+        yield
+    finally:
+        conf.write_text(original)
+        subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+@pytest.mark.disruptive
+def test_exactly_once_without_comments_in_accounting(
+    workflow: Workflow, tmp_path, accounting_without_comments
+):
+    """Killed right after sbatch, restarted after SLURM purged the job, sacct without comments.
+
+    Then neither squeue nor sacct shows the token: the job is found as the one submitted from
+    the job folder after the Submitting record. A fake `sbatch` on PATH kills its caller right
+    after the real sbatch, as in test_exactly_once_when_killed_during_submission.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho once\n")
+    bindir = Path(tmp_path) / "bin"
+    marker = Path(tmp_path) / "fake-ran"
+    fake_command(bindir, "sbatch", f"touch {marker}\n{KILL_POINTS['after_sbatch']}")
+    proc = workflow.popen(env=with_bin(workflow, bindir))
+    wait_for(marker.exists, 60, "the fake sbatch to run")
+    time.sleep(1)
+    workflow.kill(proc)
+    log = workflow.root / "job/slurmjob.log"
+    assert read_log(log).job_id is None
+    (record,) = workflow.final_jobs(1)
+    assert record["Comment"] == ""
+    job_id = int(record["JobIDRaw"])
+    wait_for(lambda: scontrol_state(job_id) is None, 180, "SLURM to purge the job")
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    assert read_log(log).job_id == job_id
+    assert [r["JobIDRaw"] for r in workflow.final_jobs(1)] == [str(job_id)]
+    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
+
+
 @pytest.mark.disruptive
 def test_slurmctld_outage(workflow: Workflow, restore_slurm):
     """slurmctld stops for 60 s while steps wait and one step submits: all finish, no error.

@@ -13,16 +13,19 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
+from conftest import scontrol_state, wait_for
 from path import Path
 
 from stepup.queue.config import Config, ConfigError, QueryMethod
 from stepup.queue.scheduler import (
+    CLOCK_SLACK,
     CommandResult,
     StateCache,
     cancel,
     find_by_token,
     format_cache,
     is_transient,
+    match_submission,
     parse_cache,
     parse_sacct,
     parse_scontrol,
@@ -137,21 +140,35 @@ def test_parse_scontrol_no_jobs(text):
 
 
 def test_parse_sacct_captured():
-    jobs = parse_sacct(data("sacct_jobs.txt"))
-    # "CANCELLED by 0" becomes CANCELLED; this cluster does not store comments in the database.
-    assert jobs == {
-        1: ("COMPLETED", ""),
-        2: ("COMPLETED", ""),
-        3: ("COMPLETED", ""),
-        4: ("COMPLETED", ""),
-        5: ("COMPLETED", ""),
-        6: ("COMPLETED", ""),
-        7: ("FAILED", ""),
-        8: ("CANCELLED", ""),
+    jobs = parse_sacct(data("sacct_jobs.txt"), ("JobIDRaw", "State", "Comment"))
+    # "CANCELLED by 0" becomes CANCELLED; this cluster did not store comments in the database.
+    assert {job_id: record["State"] for job_id, record in jobs.items()} == {
+        1: "COMPLETED",
+        2: "COMPLETED",
+        3: "COMPLETED",
+        4: "COMPLETED",
+        5: "COMPLETED",
+        6: "COMPLETED",
+        7: "FAILED",
+        8: "CANCELLED",
     }
+    assert {record["Comment"] for record in jobs.values()} == {""}
 
 
-def test_parse_sacct_with_comments_and_without_comment_column():
+def test_parse_sacct_captured_submissions():
+    jobs = parse_sacct(data("sacct_submissions.txt"))
+    assert jobs[21342] == {
+        "State": "COMPLETED",
+        "Submit": "2026-11-25T09:57:48",
+        "Comment": "stepup-queue-00112233445566ff",
+        "WorkDir": "/tmp/capture2/folder a",
+    }
+    assert jobs[21343]["Comment"] == ""
+    assert jobs[21345]["State"] == "CANCELLED"
+    assert jobs[21345]["WorkDir"] == "/tmp/capture2/folder b"
+
+
+def test_parse_sacct_last_field_takes_the_rest():
     text = textwrap.dedent(
         """\
         31|CANCELLED by 1000|stepup-queue-0123456789abcdef
@@ -163,12 +180,39 @@ def test_parse_sacct_with_comments_and_without_comment_column():
         JobIDRaw|State|Comment
         """
     )
-    assert parse_sacct(text) == {
-        31: ("CANCELLED", "stepup-queue-0123456789abcdef"),
-        32: ("COMPLETED", "has|bars"),
-        33: ("TIMEOUT", ""),
-        34: ("UNKNOWN", ""),
+    assert parse_sacct(text, ("JobIDRaw", "State", "Comment")) == {
+        31: {"State": "CANCELLED", "Comment": "stepup-queue-0123456789abcdef"},
+        32: {"State": "COMPLETED", "Comment": "has|bars"},
+        33: {"State": "TIMEOUT", "Comment": ""},
+        34: {"State": "UNKNOWN", "Comment": ""},
     }
+
+
+# match_submission: which job an interrupted submission made
+
+
+def test_match_submission_by_token():
+    jobs = parse_sacct(data("sacct_submissions.txt"))
+    since = datetime(2026, 11, 25, 9, 57, 48)
+    token = "stepup-queue-00112233445566ff"
+    # The token wins over jobs without comment from the same folder.
+    assert match_submission(jobs, token, "/tmp/capture2/folder a", since) == [21342]
+
+
+def test_match_submission_without_comments_by_folder_and_time():
+    """Accounting without comments: the job from this folder, submitted after the record."""
+    jobs = parse_sacct(data("sacct_submissions.txt"))
+    token = "stepup-queue-ffffffffffffffff"
+    since = datetime(2026, 11, 25, 9, 57, 48, 500000)
+    assert match_submission(jobs, token, "/tmp/capture2/folder a", since) == [21343]
+    assert match_submission(jobs, token, "/tmp/capture2/folder b", since) == [21344, 21345]
+    assert match_submission(jobs, token, "/tmp/capture2", since) == []
+    # SLURM's clock may run behind ours by less than CLOCK_SLACK, not more.
+    later = datetime(2026, 11, 25, 9, 57, 48) + CLOCK_SLACK
+    assert match_submission(jobs, token, "/tmp/capture2/folder a", later) == [21343]
+    assert (
+        match_submission(jobs, token, "/tmp/capture2/folder a", later + timedelta(seconds=1)) == []
+    )
 
 
 # The cache file format
@@ -541,6 +585,43 @@ def test_state_cache_sees_a_real_job(slurm, tmp_path):
     while sacct_state(job_id, None, timeout=20) != "CANCELLED" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert sacct_state(job_id, None, timeout=20) == "CANCELLED"
+
+
+def test_find_by_token_after_purge_without_comments(slurm, tmp_path, monkeypatch):
+    """Jobs that left slurmctld and have no comment in sacct: found by folder and time.
+
+    Jobs submitted without `--comment` look in sacct like any job on a cluster whose
+    accounting stores no comments (SLURM's default).
+    """
+    since = datetime.now()
+    ids = {}
+    for name, count in (("one", 1), ("two", 2)):
+        folder = Path(tmp_path) / name
+        folder.makedirs_p()
+        ids[name] = [
+            int(
+                subprocess.run(
+                    ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true"],
+                    cwd=folder,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
+            for _ in range(count)
+        ]
+    everything = ids["one"] + ids["two"]
+    wait_for(lambda: all(scontrol_state(i) is None for i in everything), 180, "the purge")
+    config = Config(cache_dir=Path(tmp_path) / "cache", command_timeout=20)
+    token = "stepup-queue-" + os.urandom(8).hex()
+    monkeypatch.chdir(Path(tmp_path) / "one")
+    assert find_by_token(token, None, since, config) == (True, ids["one"][0])
+    monkeypatch.chdir(Path(tmp_path) / "two")
+    with pytest.raises(ValueError, match="several jobs without a comment") as info:
+        find_by_token(token, None, since, config)
+    assert all(str(i) in str(info.value) for i in ids["two"])
+    monkeypatch.chdir(tmp_path)
+    assert find_by_token(token, None, since, config) == (True, None)
 
 
 def test_state_cache_caches_a_failed_query(tmp_path, fakebin):

@@ -33,6 +33,7 @@ __all__ = (
     "find_by_token",
     "format_cache",
     "is_transient",
+    "match_submission",
     "parse_cache",
     "parse_sacct",
     "parse_scontrol",
@@ -44,6 +45,10 @@ __all__ = (
 )
 
 SQUEUE_FORMAT = "%i|%T|%k"
+# WorkDir last: it is the one field of our jobs that may contain a `|`.
+SACCT_FIELDS = ("JobIDRaw", "State", "Submit", "Comment", "WorkDir")
+# How much earlier than our Submitting record SLURM's clock may date the job's submission.
+CLOCK_SLACK = timedelta(minutes=1)
 MAX_SCANCEL_IDS = 100
 
 # Parts of SLURM client errors that mean "try again later", not "your request is wrong".
@@ -265,21 +270,28 @@ def parse_scontrol(text: str) -> tuple[dict[int, str], dict[int, str]]:
     return states, comments
 
 
-def parse_sacct(text: str) -> dict[int, tuple[str, str]]:
-    """Parse `sacct -X -n -P -o JobIDRaw,State,Comment` output.
+def parse_sacct(text: str, fields: tuple[str, ...] = SACCT_FIELDS) -> dict[int, dict[str, str]]:
+    """Parse `sacct -X -n -P -o <fields>` output; the first field must be `JobIDRaw`.
+
+    The last field takes the rest of the line, so it may contain `|`. Fields missing at the
+    end of a line are empty. A state like `CANCELLED by 0` becomes `CANCELLED`, an empty one
+    `UNKNOWN`. Lines of job steps or array tasks, and headers, are skipped.
 
     Returns
     -------
     jobs
-        Job id → (state, comment). A state like `CANCELLED by 0` becomes `CANCELLED`.
+        Job id → {field name: value} for the fields after `JobIDRaw`.
     """
     jobs = {}
     for line in text.splitlines():
-        parts = line.strip().split("|", 2)
+        parts = line.strip().split("|", len(fields) - 1)
         if len(parts) < 2 or not parts[0].isdigit():
             continue
-        state = parts[1].split()[0] if parts[1].strip() else "UNKNOWN"
-        jobs[int(parts[0])] = (state, parts[2] if len(parts) == 3 else "")
+        parts += [""] * (len(fields) - len(parts))
+        record = dict(zip(fields[1:], parts[1:], strict=True))
+        if "State" in record:
+            record["State"] = record["State"].split()[0] if record["State"].strip() else "UNKNOWN"
+        jobs[int(parts[0])] = record
     return jobs
 
 
@@ -401,14 +413,19 @@ def sacct_state(job_id: int, cluster: str | None, timeout: float) -> str | None:
     result = run_command([*args, "-o", "JobIDRaw,State"], timeout=timeout)
     if result.returncode != 0:
         return None
-    entry = parse_sacct(result.stdout).get(job_id)
-    return None if entry is None else entry[0]
+    entry = parse_sacct(result.stdout, ("JobIDRaw", "State")).get(job_id)
+    return None if entry is None else entry["State"]
 
 
 def find_by_token(
     token: str, clusters: str | None, since: datetime, config: Config
 ) -> tuple[bool, int | None]:
-    """Look for a job tagged with a token, first in squeue, then in sacct.
+    """Look for the job of an interrupted submission, first in squeue, then in sacct.
+
+    squeue shows the token (the job's comment) of every job that slurmctld still holds.
+    sacct shows comments only where the accounting stores them
+    (`AccountingStoreFlags=job_comment`, not SLURM's default); elsewhere the job is the one,
+    with no comment, submitted from the current folder after the `Submitting` record.
 
     Parameters
     ----------
@@ -417,7 +434,7 @@ def find_by_token(
     clusters
         The value of the script's `-M` option, `None` when it has none.
     since
-        When the submission was attempted (sacct is asked from one minute before).
+        The time of the `Submitting` record.
     config
         The settings (for the command timeout).
 
@@ -426,6 +443,11 @@ def find_by_token(
     certain, job_id
         `certain` is False when SLURM could not be asked; `job_id` is None when
         SLURM answered and no job carries the token.
+
+    Raises
+    ------
+    ValueError
+        When sacct lists several jobs without comment that may be this submission's.
     """
     squeue = run_command(squeue_command(clusters), timeout=config.command_timeout)
     if squeue.returncode != 0:
@@ -434,13 +456,67 @@ def find_by_token(
     for job_id, comment in comments.items():
         if comment == token:
             return True, job_id
-    start = (since - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    start = (since - CLOCK_SLACK).strftime("%Y-%m-%dT%H:%M:%S")
     args = ["sacct", *_cluster_args(clusters), "-X", "-n", "-P", "-S", start]
-    sacct = run_command([*args, "-o", "JobIDRaw,State,Comment"], timeout=config.command_timeout)
-    if sacct.returncode == 0:
-        for job_id, (_, comment) in parse_sacct(sacct.stdout).items():
-            if comment == token:
-                return True, job_id
-    # squeue lists every job of the user that slurmctld still knows (MinJobAge), so a job
-    # submitted moments ago that is missing there was never accepted.
-    return True, None
+    sacct = run_command([*args, "-o", ",".join(SACCT_FIELDS)], timeout=config.command_timeout)
+    if sacct.returncode != 0:
+        # slurmdbd down: ask again later. No accounting at all: squeue's list has to do.
+        return not is_transient(sacct), None
+    # Jobs that squeue lists carry a comment, and it is not ours.
+    records = {
+        job_id: record
+        for job_id, record in parse_sacct(sacct.stdout).items()
+        if job_id not in comments
+    }
+    candidates = match_submission(records, token, os.getcwd(), since)
+    if len(candidates) > 1:
+        listed = ", ".join(map(str, candidates))
+        raise ValueError(
+            f"sacct lists several jobs without a comment submitted from {os.getcwd()} "
+            f"since {since - CLOCK_SLACK:%Y-%m-%dT%H:%M:%S} ({listed}); StepUp Queue cannot "
+            "tell which one its interrupted submission made. Cancel those that should not run "
+            "(scancel), then remove slurmjob.log in this folder to submit the job afresh."
+        )
+    return True, candidates[0] if candidates else None
+
+
+def match_submission(
+    records: dict[int, dict[str, str]], token: str, workdir: str, since: datetime
+) -> list[int]:
+    """Select the jobs in sacct records that a submission tagged with `token` made.
+
+    Parameters
+    ----------
+    records
+        Parsed `sacct` output with the fields of `SACCT_FIELDS`.
+    token
+        The comment given to the job at submission.
+    workdir
+        The folder sbatch was run from.
+    since
+        The time of the `Submitting` record.
+
+    Returns
+    -------
+    job_ids
+        The jobs whose comment is the token; if there are none, the jobs without comment
+        submitted from `workdir` no earlier than `since` minus `CLOCK_SLACK`.
+    """
+    tagged = [job_id for job_id, record in records.items() if record["Comment"] == token]
+    if tagged:
+        return tagged
+    earliest = since - CLOCK_SLACK
+    return sorted(
+        job_id
+        for job_id, record in records.items()
+        if record["Comment"] == ""
+        and record["WorkDir"] == workdir
+        and _parse_time(record["Submit"]) >= earliest
+    )
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.min
