@@ -257,6 +257,7 @@ class JobTools:
         cluster: str | None = None,
         records: tuple[str, ...] = (),
         ret: str | None = None,
+        interrupted: bool = False,
     ) -> int:
         """Submit a job from `folder` with sbatch and write its log in the real format.
 
@@ -274,6 +275,9 @@ class JobTools:
             Extra records (e.g. states) appended after the Submitted record.
         ret
             When given, written to `slurmjob.ret`.
+        interrupted
+            Tag the job with a token (`--comment`) and log only the `Submitting` record, as a
+            step killed between sbatch and the `Submitted` record leaves it.
         """
         from stepup.queue.joblog import append_record, start_log
 
@@ -281,6 +285,8 @@ class JobTools:
         path.makedirs_p()
         args = ["sbatch", "--parsable", "-o", "slurmjob.out", "-e", "slurmjob.err"]
         args += ["--hold"] if hold else []
+        token = f"stepup-queue-{os.urandom(8).hex()}"
+        args += [f"--comment={token}"] if interrupted else []
         result = subprocess.run(
             [*args, "--wrap", command], cwd=path, capture_output=True, text=True, check=True
         )
@@ -288,7 +294,10 @@ class JobTools:
         self.ids.append(job_id)
         log = path / "slurmjob.log"
         start_log(log, "0123456789abcdef")
-        append_record(log, f"Submitted {job_id}" + ("" if cluster is None else f";{cluster}"))
+        if interrupted:
+            append_record(log, f"Submitting {token}")
+        else:
+            append_record(log, f"Submitted {job_id}" + ("" if cluster is None else f";{cluster}"))
         for record in records:
             append_record(log, record)
         if ret is not None:

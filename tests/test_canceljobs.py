@@ -5,7 +5,7 @@ import subprocess
 from conftest import JobTools, sacct, scontrol_state, wait_for
 from path import Path
 
-from stepup.queue.joblog import read_log, start_log
+from stepup.queue.joblog import append_record, read_log, start_log
 
 
 def snapshot(root: Path, outputs: bool = True) -> dict[str, bytes]:
@@ -72,16 +72,16 @@ def test_cancel_workflow_then_boot_reports_cancelled(jobtools: JobTools):
         wf.kill(proc)
     assert scontrol_state(pending) == "PENDING"
 
-    before = snapshot(wf.root)
+    # The running job creates slurmjob.out and .err itself, possibly only now.
+    before = snapshot(wf.root, outputs=False)
     dry = jobtools.run("canceljobs", "-n")
     assert dry.returncode == 0, dry.stderr
     assert [row[:2] for row in table(dry.stdout)] == [["would", "cancel"]] * 2
     assert "Dry run: nothing was cancelled." in dry.stdout
     assert jobtools.calls("scancel") == []
-    assert snapshot(wf.root) == before
+    assert snapshot(wf.root, outputs=False) == before
     assert scontrol_state(pending) == "PENDING"
     assert scontrol_state(running) == "RUNNING"
-    before = snapshot(wf.root, outputs=False)
 
     jobtools.reset_calls()
     result = jobtools.run("canceljobs")
@@ -205,6 +205,31 @@ def test_corrupt_logs_next_to_good_ones(jobtools: JobTools):
     assert snapshot(root) == before
     # The job of the corrupt log is not touched.
     assert slurm_states()[jobtools.ids[1]] == "PENDING"
+
+
+def test_interrupted_submission_found_by_token(jobtools: JobTools):
+    """A log killed between sbatch and its Submitted record: the job is found by its token."""
+    root = jobtools.workflow.root
+    held = jobtools.submit("held", interrupted=True)
+    running = jobtools.submit("running", hold=False, interrupted=True)
+    wait_for(lambda: scontrol_state(running) == "RUNNING", 60, "the job to run")
+    # A token that no job carries: killed before sbatch ran.
+    (root / "never").makedirs_p()
+    start_log(root / "never/slurmjob.log", "0123456789abcdef")
+    append_record(root / "never/slurmjob.log", "Submitting stepup-queue-0000000000000000")
+    before = snapshot(root, outputs=False)
+    result = jobtools.run("canceljobs")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert table(result.stdout) == [
+        ["cancelled", str(held), "-", "PENDING", "SUBMITTING", "held"],
+        ["cancelled", str(running), "-", "RUNNING", "SUBMITTING", "running"],
+    ]
+    assert "./never/slurmjob.log has no Submitted record" in result.stderr
+    assert "stepup-queue-0000000000000000" in result.stderr
+    assert "Summary: found 2 jobs, cancelled 2, skipped 0, errors 1." in result.stdout
+    assert jobtools.calls("squeue") == ["--me -t all -h -o %i|%T|%k"]
+    assert snapshot(root, outputs=False) == before
+    wait_for(lambda: scontrol_state(held) == scontrol_state(running) == "CANCELLED", 30)
 
 
 def test_nested_folders_and_several_paths(jobtools: JobTools):

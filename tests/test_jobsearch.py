@@ -53,16 +53,17 @@ def test_find_jobs_nested_several_paths_and_bad_logs(tmp_path):
     paths = [root / "a", root / "c", root, root / "missing", root / "c/slurmjob.log"]
     jobs, errors = find_jobs(paths)
     # Each log once, in the order of the paths; the hidden folder is skipped.
-    assert [job.job_id for job in jobs] == [11, 12, 13]
-    assert [job.cluster for job in jobs] == [None, "othercluster", None]
-    assert [job.ret for job in jobs] == [None, None, 0]
-    assert [job.log.last_state for job in jobs] == [None, "RUNNING", "COMPLETED"]
-    assert len(errors) == 5
-    for name in "binary", "garbage", "nosubmitted":
+    # A log with only a Submitting record waits for SLURM to tell its job by the token.
+    assert [job.job_id for job in jobs] == [11, 12, 13, None]
+    assert jobs[3].log.token == "stepup-queue-0123456789abcdef"
+    assert [job.cluster for job in jobs] == [None, "othercluster", None, None]
+    assert [job.ret for job in jobs] == [None, None, 0, None]
+    assert [job.log.last_state for job in jobs] == [None, "RUNNING", "COMPLETED", None]
+    assert len(errors) == 4
+    for name in "binary", "garbage":
         assert sum(str(root / "bad" / name / "slurmjob.log") in e for e in errors) == 1
-    assert any("no Submitted record" in e and "stepup-queue-0123456789abcdef" in e for e in errors)
-    assert f"{root / 'missing'} does not exist" in errors[3]
-    assert f"{root / 'c/slurmjob.log'} is not a folder" in errors[4]
+    assert f"{root / 'missing'} does not exist" in errors[2]
+    assert f"{root / 'c/slurmjob.log'} is not a folder" in errors[3]
 
 
 def test_ended_by_log():

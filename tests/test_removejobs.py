@@ -180,3 +180,21 @@ def test_refuses_when_slurm_cannot_be_asked(jobtools: JobTools, broken: str):
         assert "Nothing was removed: SLURM could not be asked" in result.stderr
         assert "removed" not in [row[0] for row in table(result.stdout)]
         assert snapshot(root) == before
+
+
+def test_interrupted_submission_found_by_token(jobtools: JobTools):
+    """Logs with only a Submitting record: a cancelled job found by its token is removed."""
+    root = jobtools.workflow.root
+    cancelled = jobtools.submit("cancelled", interrupted=True)
+    held = jobtools.submit("held", interrupted=True)
+    subprocess.run(["scancel", str(cancelled)], check=True)
+    wait_for(lambda: scontrol_state(cancelled) == "CANCELLED", 30, "the cancellation")
+    result = jobtools.run("removejobs", "--commit")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table(result.stdout)
+    assert [row[:5] for row in rows] == [
+        ["removed", str(cancelled), "-", "CANCELLED", "SUBMITTING"],
+        ["keep", str(held), "-", "PENDING", "SUBMITTING"],
+    ]
+    assert not (root / "cancelled/slurmjob.log").exists()
+    assert (root / "held/slurmjob.log").exists()

@@ -41,19 +41,22 @@ class FoundJob:
     Attributes
     ----------
     log
-        The parsed log (always with a job id).
+        The parsed log, with a job id or with the token of an interrupted submission.
     ret
         The contents of `slurmjob.ret`, see `read_ret`.
     asked
         True when SLURM answered the query for this job's cluster.
     live
         The state SLURM lists for the job now, `None` when it is not listed (or not asked).
+    token_id
+        For a log without `Submitted` record: the job that SLURM lists with the log's token.
     """
 
     log: JobLog
     ret: int | str | None
     asked: bool = False
     live: str | None = None
+    token_id: int | None = None
 
     @property
     def folder(self) -> Path:
@@ -61,8 +64,8 @@ class FoundJob:
         return Path(os.path.normpath(self.log.path.parent))
 
     @property
-    def job_id(self) -> int:
-        return self.log.job_id
+    def job_id(self) -> int | None:
+        return self.log.job_id if self.log.job_id is not None else self.token_id
 
     @property
     def cluster(self) -> str | None:
@@ -106,7 +109,8 @@ class FoundJob:
 
     def log_column(self) -> str:
         """What the log and `slurmjob.ret` say, for printing."""
-        words = [self.log.last_state or "SUBMITTED"]
+        # SUBMITTING: killed before the job id was logged; the job was found by its token.
+        words = [self.log.last_state or ("SUBMITTING" if self.log.job_id is None else "SUBMITTED")]
         if isinstance(self.ret, int):
             words.append(f"exit={self.ret}")
         elif isinstance(self.ret, str):
@@ -183,14 +187,8 @@ def find_jobs(paths: Iterable[str | Path]) -> tuple[list[FoundJob], list[str]]:
 
 def _read_submitted_log(path: Path) -> JobLog:
     joblog = read_log(path)
-    if joblog.job_id is None:
-        # Without a job id there is nothing to check or cancel; lifecycle finds the job again
-        # through its token when the workflow is booted.
-        token = "" if joblog.token is None else f" (its sbatch comment is {joblog.token})"
-        raise JobLogError(
-            f"The job log {path} has no Submitted record: the job was not submitted, or its "
-            f"id was not recorded{token}. Booting the workflow again completes the log."
-        )
+    if joblog.job_id is None and joblog.token is None:
+        raise JobLogError(f"The job log {path} has no Submitted record: nothing was submitted.")
     return joblog
 
 
@@ -220,9 +218,12 @@ def ask_slurm(jobs: list[FoundJob], timeout: float) -> dict[str | None, str]:
         if result.returncode != 0:
             unreachable[cluster] = result.describe()
             continue
-        states, _ = parse_squeue(result.stdout)
+        states, comments = parse_squeue(result.stdout)
+        by_token = {comment: job_id for job_id, comment in comments.items()}
         for job in cluster_jobs:
             job.asked = True
+            if job.log.job_id is None:
+                job.token_id = by_token.get(job.log.token)
             job.live = states.get(job.job_id)
     return unreachable
 
@@ -248,6 +249,20 @@ def search_jobs(paths: Iterable[str | Path]) -> JobSearch | None:
         return None
     jobs, errors = find_jobs(paths)
     unreachable = ask_slurm(jobs, timeout)
+    # A submission interrupted before its Submitted record: only the token can tell the job.
+    for job in jobs:
+        if job.job_id is None:
+            why = (
+                "squeue lists no job with its token on the default cluster: the job was not "
+                "submitted, or it has ended"
+                if job.asked
+                else "SLURM could not be asked for the job with its token"
+            )
+            errors.append(
+                f"Skipped: the job log {job.log.path} has no Submitted record ({job.log.token}), "
+                f"and {why}. Booting the workflow again completes the log."
+            )
+    jobs = [job for job in jobs if job.job_id is not None]
     search = JobSearch(jobs, errors, unreachable, timeout)
     search.report_problems()
     return search
