@@ -47,8 +47,10 @@ __all__ = (
 SQUEUE_FORMAT = "%i|%T|%k"
 # WorkDir last: it is the one field of our jobs that may contain a `|`.
 SACCT_FIELDS = ("JobIDRaw", "State", "Submit", "Comment", "WorkDir")
-# How much earlier than our Submitting record SLURM's clock may date the job's submission.
-CLOCK_SLACK = timedelta(minutes=1)
+# How much earlier than our Submitting record sacct may date the job's submission: it shows
+# whole seconds, and the controller's clock may be a little behind. Short, so that an older
+# job from the same folder is not taken for this one.
+CLOCK_SLACK = timedelta(seconds=10)
 MAX_SCANCEL_IDS = 100
 
 # Parts of SLURM client errors that mean "try again later", not "your request is wrong".
