@@ -14,7 +14,7 @@ import pytest
 from conftest import Workflow, scontrol_state, wait_for
 from path import Path
 
-from stepup.queue.joblog import read_log
+from stepup.queue.joblog import JobLog, read_log
 
 TOOLS = Path(__file__).parent.parent / "tools"
 SLURM_RUN = Path("/var/lib/stepup-queue-slurm/run")
@@ -50,6 +50,20 @@ KILL_POINTS = {
 }
 
 
+def kill_during_submission(workflow: Workflow, bindir: Path, point: str) -> JobLog:
+    """Boot the workflow with a fake sbatch that kills the worker at `point`; return the log."""
+    marker = bindir / "fake-ran"
+    fake_command(bindir, "sbatch", f"touch {marker}\n{KILL_POINTS[point]}")
+    proc = workflow.popen(env=with_bin(workflow, bindir))
+    wait_for(marker.exists, 60, "the fake sbatch to run")
+    time.sleep(1)
+    workflow.kill(proc)
+    log = read_log(workflow.root / "job/slurmjob.log")
+    assert log.token is not None
+    assert log.job_id is None
+    return log
+
+
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
 def test_exactly_once_when_killed_during_submission(workflow: Workflow, tmp_path, point):
     """SIGKILL of the worker around sbatch: one job in SLURM, and the next boot finishes it.
@@ -59,16 +73,7 @@ def test_exactly_once_when_killed_during_submission(workflow: Workflow, tmp_path
     """
     workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\nsleep 1\necho once\n")
-    bindir = Path(tmp_path) / "bin"
-    marker = Path(tmp_path) / "fake-ran"
-    fake_command(bindir, "sbatch", f"touch {marker}\n{KILL_POINTS[point]}")
-    proc = workflow.popen(env=with_bin(workflow, bindir))
-    wait_for(marker.exists, 60, "the fake sbatch to run")
-    time.sleep(1)
-    workflow.kill(proc)
-    log = read_log(workflow.root / "job/slurmjob.log")
-    assert log.token is not None
-    assert log.job_id is None
+    log = kill_during_submission(workflow, Path(tmp_path) / "bin", point)
     result = workflow.boot()
     assert result.returncode == 0, result.stdout
     (record,) = workflow.final_jobs(1)
@@ -369,15 +374,7 @@ def test_exactly_once_without_comments_in_accounting(
     """
     workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\necho once\n")
-    bindir = Path(tmp_path) / "bin"
-    marker = Path(tmp_path) / "fake-ran"
-    fake_command(bindir, "sbatch", f"touch {marker}\n{KILL_POINTS['after_sbatch']}")
-    proc = workflow.popen(env=with_bin(workflow, bindir))
-    wait_for(marker.exists, 60, "the fake sbatch to run")
-    time.sleep(1)
-    workflow.kill(proc)
-    log = workflow.root / "job/slurmjob.log"
-    assert read_log(log).job_id is None
+    log = kill_during_submission(workflow, Path(tmp_path) / "bin", "after_sbatch").path
     (record,) = workflow.final_jobs(1)
     assert record["Comment"] == ""
     job_id = int(record["JobIDRaw"])
