@@ -189,6 +189,8 @@ WHY = {
     "--array": "job arrays are not supported: use one sbatch() step per job.",
     "--chdir": "the job must run in its own folder, where StepUp Queue expects its files.",
     "--comment": "StepUp Queue tags each job with a comment to find it after a crash.",
+    "--wait": "the step itself waits for the job; sbatch must return once it is queued.",
+    "--test-only": "it makes sbatch check the script without submitting a job.",
 }
 
 
@@ -213,6 +215,9 @@ WHY = {
         ("-D /tmp", "--chdir"),
         ("--chdir=/tmp", "--chdir"),
         ("--comment=mine", "--comment"),
+        ("--wait", "--wait"),
+        ("-W", "--wait"),
+        ("--test-only", "--test-only"),
     ],
 )
 def test_forbidden_option(workflow: Workflow, directive: str, option: str):

@@ -70,6 +70,9 @@ def test_not_utf8(jobdir):
         ("#SBATCH -D /tmp", "--chdir"),
         ("#SBATCH --comment=hello", "--comment"),
         ('#SBATCH --comment "hello world"', "--comment"),
+        ("#SBATCH --wait", "--wait"),
+        ("#SBATCH -W", "--wait"),
+        ("#SBATCH --test-only", "--test-only"),
         ("#SBATCH -N 1 --ntasks=2 -o out.txt  # trailing comment", "--output"),
     ],
 )
@@ -145,7 +148,7 @@ def test_directives_and_executable_command(jobdir):
 
         #SBATCH --export=NONE
         #SBATCH --open-mode=append
-        #SBATCH --exclusive
+        #SBATCH --exclusive --wait-all-nodes=1
         #SBATCH -A account
         echo start
         #SBATCH --output=ignored.txt
@@ -161,7 +164,7 @@ def test_directives_and_executable_command(jobdir):
             "#SBATCH -N 1 --ntasks-per-node=4  # nodes and tasks",
             "#SBATCH --export=NONE",
             "#SBATCH --open-mode=append",
-            "#SBATCH --exclusive",
+            "#SBATCH --exclusive --wait-all-nodes=1",
             "#SBATCH -A account",
         ),
         None,

@@ -28,6 +28,8 @@ _FORBIDDEN_OPTIONS = {
     "--array": ("-a", "job arrays are not supported: use one sbatch() step per job"),
     "--chdir": ("-D", "the job must run in its own folder, where StepUp Queue expects its files"),
     "--comment": (None, "StepUp Queue tags each job with a comment to find it after a crash"),
+    "--wait": ("-W", "the step itself waits for the job; sbatch must return once it is queued"),
+    "--test-only": (None, "it makes sbatch check the script without submitting a job"),
 }
 _OTHER_SCHEDULERS = {"#PBS": "PBS/Torque", "#BSUB": "LSF", "#COBALT": "Cobalt", "#$": "SGE"}
 
