@@ -6,6 +6,7 @@ import time
 import pytest
 from conftest import Workflow, scontrol_state, wait_for
 
+from benchmarks.common import diff_counts, sdiag_counts
 from stepup.queue.joblog import FORMAT_LINE, read_log
 
 SIMPLE_PLAN = """
@@ -308,8 +309,13 @@ def test_resume_log_written_by_1_0_2(workflow: Workflow):
     assert read_log(log).job_id == int(out)
 
 
+@pytest.mark.serial
 def test_many_jobs_share_one_query(workflow: Workflow, tmp_path):
-    """Ten steps waiting at once ask SLURM at most once per cache timeout (plus one)."""
+    """Ten steps waiting at once ask SLURM at most once per cache timeout (plus one).
+
+    Counted twice: by wrappers that log each squeue/scontrol call and exec the real one, and
+    by slurmctld itself (sdiag), which is why no other test may run meanwhile.
+    """
     calls = tmp_path / "calls.txt"
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -322,11 +328,16 @@ def test_many_jobs_share_one_query(workflow: Workflow, tmp_path):
     for i in range(10):
         # Killed jobs write no slurmjob.ret, so every step must ask SLURM to notice the end.
         workflow.job(f"j{i}", "#!/usr/bin/env bash\nsleep 4\nkill -9 $PPID\n")
+    before = sdiag_counts()
     start = time.monotonic()
     env = {"PATH": f"{bindir}:{workflow.env['PATH']}", "STEPUP_SBATCH_CACHE_TIMEOUT": "3"}
     result = workflow.boot("-n", "10", env=env)
     elapsed = time.monotonic() - start
+    rpcs = diff_counts(before, sdiag_counts())
+    assert rpcs is not None, "slurmctld restarted during the test"
     assert result.returncode != 0
     assert result.stdout.count("ended without an exit code") == 10
     queries = [line for line in calls.read_text().splitlines() if "squeue" in line]
     assert 1 <= len(queries) <= elapsed / 3 + 1
+    # As root, each squeue call is one REQUEST_JOB_INFO (an ordinary user's: JOB_USER_INFO).
+    assert rpcs.get("REQUEST_JOB_INFO", 0) + rpcs.get("REQUEST_JOB_USER_INFO", 0) == len(queries)

@@ -7,6 +7,7 @@ bash tools/setup-venv.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 ruff format --check .
-# Independent tests in parallel, then the ones that stop SLURM daemons, one at a time.
-pytest -n 4 --durations=10 -m "not disruptive" "$@"
-pytest --durations=5 -m disruptive "$@"
+# Independent tests in parallel, then, one at a time, those that stop SLURM daemons or
+# count slurmctld's RPCs.
+pytest -n 4 --durations=10 -m "not disruptive and not serial" "$@"
+pytest --durations=5 -m "disruptive or serial" "$@"
