@@ -82,6 +82,45 @@ def test_exactly_once_when_killed_during_submission(workflow: Workflow, tmp_path
     assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
 
 
+def test_changed_inputs_after_interrupted_submission(workflow: Workflow, tmp_path):
+    """Killed right after sbatch, then the inputs change: resubmit finds the old job by token.
+
+    While SLURM cannot be asked, the step refuses to submit (the old job would be left
+    running unnoticed); once it can, the old job is cancelled and the new one runs.
+    A fake `sbatch` kills the worker right after the real sbatch, and a fake `squeue` fails
+    as when the controller does not answer: neither can be had from SLURM on demand.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\nsleep 300\necho old\n")
+    log = kill_during_submission(workflow, Path(tmp_path) / "bin", "after_sbatch")
+    listed = subprocess.run(
+        ["squeue", "--me", "-h", "-o", "%i %k"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    old = int(listed[listed.index(log.token) - 1])
+    workflow.job("job", "#!/usr/bin/env bash\necho new\n")
+    env = {"STEPUP_QUEUE_ONCHANGE": "resubmit"}
+    broken = Path(tmp_path) / "broken"
+    fake_command(
+        broken,
+        "squeue",
+        'echo "squeue: error: Unable to contact slurm controller (connect failure)" >&2\nexit 1\n',
+    )
+    result = workflow.boot(env=env | with_bin(workflow, broken))
+    assert result.returncode != 0
+    assert "SLURM could not be asked whether that submission reached it" in result.stdout
+    assert scontrol_state(old) in ("PENDING", "RUNNING")
+    assert read_log(log.path) == log
+    result = workflow.boot(env=env)
+    assert result.returncode == 0, result.stdout
+    assert f"cancelled the old job {old}" in result.stdout
+    records = {r["JobIDRaw"]: r for r in workflow.final_jobs(2)}
+    assert records.pop(str(old))["State"].startswith("CANCELLED")
+    ((new_id, record),) = records.items()
+    assert record["State"] == "COMPLETED"
+    assert read_log(log.path).job_id == int(new_id)
+    assert (workflow.root / "job/slurmjob.out").read_text() == "new\n"
+
+
 def test_exactly_once_when_killed_before_first_record(workflow: Workflow):
     """A kill right after the log was started (no Submitting record) submits exactly once."""
     workflow.plan(SIMPLE_PLAN)

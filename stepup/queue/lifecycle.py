@@ -120,7 +120,16 @@ def _inputs_changed(
     job_id, cluster = joblog.job_id, joblog.cluster
     if job_id is None and joblog.token is not None and joblog.submitting_time is not None:
         # Submitted with the old inputs, but killed before the Submitted record.
-        _, job_id = find_by_token(joblog.token, script.clusters, joblog.submitting_time, config)
+        certain, job_id = find_by_token(
+            joblog.token, script.clusters, joblog.submitting_time, config
+        )
+        if not certain:
+            # Submitting now could leave the old job running unnoticed.
+            raise JobError(
+                f"The inputs changed since a job was submitted from {joblog.path}, but SLURM "
+                "could not be asked whether that submission reached it, so the old job cannot "
+                "be cancelled. Run the workflow again when SLURM answers."
+            )
         cluster = script.cluster
     if job_id is not None and not joblog.done:
         for result in cancel([job_id], cluster, config.command_timeout):
