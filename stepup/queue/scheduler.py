@@ -475,9 +475,9 @@ def find_by_token(
         listed = ", ".join(map(str, candidates))
         raise ValueError(
             f"sacct lists several jobs without a comment submitted from {os.getcwd()} "
-            f"since {since - CLOCK_SLACK:%Y-%m-%dT%H:%M:%S} ({listed}); StepUp Queue cannot "
-            "tell which one its interrupted submission made. Cancel those that should not run "
-            "(scancel), then remove slurmjob.log in this folder to submit the job afresh."
+            f"since {since - CLOCK_SLACK:%Y-%m-%dT%H:%M:%S} ({listed}), all ended; StepUp "
+            "Queue cannot tell which one its interrupted submission made. Remove slurmjob.log "
+            "in this folder to submit the job afresh."
         )
     return True, candidates[0] if candidates else None
 
