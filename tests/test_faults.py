@@ -6,6 +6,7 @@ Fake commands on PATH appear only where SLURM cannot produce the fault on demand
 test says so in its docstring.
 """
 
+import os
 import signal
 import subprocess
 import time
@@ -375,8 +376,10 @@ def stop_daemon(name: str):
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, f"{name} to stop")
 
 
-def start_daemons():
-    subprocess.run(["bash", TOOLS / "local-slurm.sh", "start"], check=True)
+def start_daemons(cgroup: bool = False):
+    """Start what does not run, with the usual settings or with jobs confined by cgroups."""
+    env = os.environ | {"STEPUP_QUEUE_SLURM_CGROUP": "1" if cgroup else "0"}
+    subprocess.run(["bash", TOOLS / "local-slurm.sh", "start"], env=env, check=True)
 
 
 @pytest.fixture
@@ -384,6 +387,39 @@ def restore_slurm():
     """Whatever happens in the test, leave every daemon running and the node up."""
     yield
     start_daemons()
+
+
+@pytest.fixture
+def cgroup_slurm():
+    """For one test, memory limits enforced by cgroups: the daemons restart twice."""
+    start_daemons(cgroup=True)
+    try:
+        yield
+    finally:
+        start_daemons()
+
+
+@pytest.mark.disruptive
+def test_out_of_memory(workflow: Workflow, cgroup_slurm):
+    """A job over its --mem limit is killed by the kernel: the step names OUT_OF_MEMORY."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job(
+        "job",
+        """\
+        #!/usr/bin/env bash
+        #SBATCH --mem=64M
+        python3 -c 'chunks = [bytearray(2**25) for _ in range(40)]'
+        """,
+    )
+    result = workflow.boot()
+    assert result.returncode != 0
+    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
+    assert f"Job {job_id} ended without an exit code in slurmjob.ret" in result.stdout
+    assert "Last state reported by SLURM: OUT_OF_MEMORY" in result.stdout
+    assert "slurmjob.err" in result.stdout
+    (record,) = workflow.final_jobs(1)
+    assert record["State"] == "OUT_OF_MEMORY"
+    assert "oom-kill" in (workflow.root / "job/slurmjob.err").read_text()
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ STATE="${STEPUP_QUEUE_SLURM_STATE:-/var/lib/stepup-queue-slurm}"
 MIN_JOB_AGE="${STEPUP_QUEUE_SLURM_MIN_JOB_AGE:-30}"
 # More CPUs than the machine has, so that tests with many short jobs need not queue them.
 NODE_CPUS="${STEPUP_QUEUE_SLURM_CPUS:-64}"
+# 1: confine jobs with cgroups (v1), so that a job over its --mem ends OUT_OF_MEMORY.
+CGROUP="${STEPUP_QUEUE_SLURM_CGROUP:-0}"
 MARKER="# Written by stepup-queue tools/local-slurm.sh"
 DB_PASS="stepup-queue-local"
 CONFIG_CHANGED=
@@ -68,7 +70,18 @@ write_config() {
         say "Move it away to let this script configure a local test cluster."
         exit 1
     fi
-    local old
+    local old proctrack=proctrack/linuxproc task=task/none select=CR_Core
+    if [[ $CGROUP == 1 ]]; then
+        proctrack=proctrack/cgroup task=task/cgroup select=CR_Core_Memory
+        cat > /etc/slurm/cgroup.conf << EOF
+$MARKER
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+ConstrainRAMSpace=yes
+EOF
+    elif grep -qsF "$MARKER" /etc/slurm/cgroup.conf; then
+        rm /etc/slurm/cgroup.conf
+    fi
     old=$(cat /etc/slurm/slurm.conf 2> /dev/null || true)
     cat > /etc/slurm/slurm.conf << EOF
 $MARKER
@@ -79,10 +92,10 @@ SlurmdUser=root
 AuthType=auth/munge
 CryptoType=crypto/munge
 MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+ProctrackType=$proctrack
+TaskPlugin=$task
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=$select
 SlurmdParameters=config_overrides
 ReturnToService=2
 StateSaveLocation=$STATE/ctld
