@@ -392,6 +392,8 @@ def restore_slurm():
 @pytest.fixture
 def cgroup_slurm():
     """For one test, memory limits enforced by cgroups: the daemons restart twice."""
+    if not os.access("/sys/fs/cgroup/memory/cgroup.procs", os.W_OK):
+        pytest.skip("no writable cgroup v1 memory controller: SLURM cannot limit memory here")
     start_daemons(cgroup=True)
     try:
         yield

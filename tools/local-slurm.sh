@@ -72,6 +72,11 @@ write_config() {
     fi
     local old proctrack=proctrack/linuxproc task=task/none select=CR_Core
     if [[ $CGROUP == 1 ]]; then
+        if [[ ! -w /sys/fs/cgroup/memory/cgroup.procs ]]; then
+            say "STEPUP_QUEUE_SLURM_CGROUP=1 needs the cgroup v1 memory controller, writable"
+            say "at /sys/fs/cgroup/memory; this machine does not have it."
+            exit 1
+        fi
         proctrack=proctrack/cgroup task=task/cgroup select=CR_Core_Memory
         cat > /etc/slurm/cgroup.conf << EOF
 $MARKER
