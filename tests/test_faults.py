@@ -278,18 +278,22 @@ def test_job_purged_while_workflow_down(workflow: Workflow):
     assert read_log(workflow.root / "killed/slurmjob.log").last_state == "FAILED"
 
 
+def assert_ended_in(workflow: Workflow, result: subprocess.CompletedProcess, state: str):
+    """The step failed naming the job, SLURM's end state and slurmjob.err; sacct agrees."""
+    assert result.returncode != 0
+    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
+    assert f"Job {job_id} ended without an exit code in slurmjob.ret" in result.stdout
+    assert f"Last state reported by SLURM: {state}" in result.stdout
+    assert "slurmjob.err" in result.stdout
+    (record,) = workflow.final_jobs(1)
+    assert record["State"] == state
+
+
 def test_timeout(workflow: Workflow):
     """A job that exceeds its time limit: the step fails and names TIMEOUT."""
     workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --time=0:05\nsleep 600\n")
-    result = workflow.boot()
-    assert result.returncode != 0
-    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
-    assert f"Job {job_id} ended without an exit code in slurmjob.ret" in result.stdout
-    assert "Last state reported by SLURM: TIMEOUT" in result.stdout
-    assert "slurmjob.err" in result.stdout
-    (record,) = workflow.final_jobs(1)
-    assert record["State"] == "TIMEOUT"
+    assert_ended_in(workflow, workflow.boot(), "TIMEOUT")
 
 
 def test_cache_folder_not_usable(workflow: Workflow):
@@ -413,14 +417,7 @@ def test_out_of_memory(workflow: Workflow, cgroup_slurm):
         python3 -c 'chunks = [bytearray(2**25) for _ in range(40)]'
         """,
     )
-    result = workflow.boot()
-    assert result.returncode != 0
-    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
-    assert f"Job {job_id} ended without an exit code in slurmjob.ret" in result.stdout
-    assert "Last state reported by SLURM: OUT_OF_MEMORY" in result.stdout
-    assert "slurmjob.err" in result.stdout
-    (record,) = workflow.final_jobs(1)
-    assert record["State"] == "OUT_OF_MEMORY"
+    assert_ended_in(workflow, workflow.boot(), "OUT_OF_MEMORY")
     assert "oom-kill" in (workflow.root / "job/slurmjob.err").read_text()
 
 
