@@ -91,14 +91,30 @@ def test_changed_inputs_after_interrupted_submission(workflow: Workflow, tmp_pat
     A fake `sbatch` kills the worker right after the real sbatch, and a fake `squeue` fails
     as when the controller does not answer: neither can be had from SLURM on demand.
     """
-    workflow.plan(SIMPLE_PLAN)
-    workflow.job("job", "#!/usr/bin/env bash\nsleep 300\necho old\n")
+    workflow.plan("""
+        static("job/", "job/slurmjob.sh", "job/word.txt")
+        sbatch("job/", inp="word.txt")
+    """)
+    # The job script must not change while the old job runs it: the input file changes.
+    workflow.job(
+        "job",
+        """\
+        #!/usr/bin/env bash
+        read -r word < word.txt
+        echo "$word" > seen.txt
+        if [ "$word" = old ]; then sleep 300; fi
+        echo "$word"
+        """,
+    )
+    word = workflow.root / "job/word.txt"
+    word.write_text("old\n")
     log = kill_during_submission(workflow, Path(tmp_path) / "bin", "after_sbatch")
     listed = subprocess.run(
         ["squeue", "--me", "-h", "-o", "%i %k"], capture_output=True, text=True, check=True
     ).stdout.split()
     old = int(listed[listed.index(log.token) - 1])
-    workflow.job("job", "#!/usr/bin/env bash\necho new\n")
+    wait_for((workflow.root / "job/seen.txt").exists, 60, "the old job to read its input")
+    word.write_text("new\n")
     env = {"STEPUP_QUEUE_ONCHANGE": "resubmit"}
     broken = Path(tmp_path) / "broken"
     fake_command(

@@ -612,10 +612,24 @@ def test_find_by_token_after_purge_without_comments(slurm, tmp_path, monkeypatch
         ]
     everything = ids["one"] + ids["two"]
     wait_for(lambda: all(scontrol_state(i) is None for i in everything), 180, "the purge")
+    # A job without comment that squeue still lists is not the one: its comment is known.
+    running = int(
+        subprocess.run(
+            ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 120"],
+            cwd=Path(tmp_path) / "one",
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     config = Config(cache_dir=Path(tmp_path) / "cache", command_timeout=20)
     token = "stepup-queue-" + os.urandom(8).hex()
     monkeypatch.chdir(Path(tmp_path) / "one")
-    assert find_by_token(token, None, since, config) == (True, ids["one"][0])
+    try:
+        wait_for(lambda: sacct_state(running, None, 20) == "RUNNING", 60, "sacct to list it")
+        assert find_by_token(token, None, since, config) == (True, ids["one"][0])
+    finally:
+        subprocess.run(["scancel", str(running)], check=True)
     monkeypatch.chdir(Path(tmp_path) / "two")
     with pytest.raises(ValueError, match="several jobs without a comment") as info:
         find_by_token(token, None, since, config)

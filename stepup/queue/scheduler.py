@@ -454,7 +454,7 @@ def find_by_token(
     squeue = run_command(squeue_command(clusters), timeout=config.command_timeout)
     if squeue.returncode != 0:
         return False, None
-    _, comments = parse_squeue(squeue.stdout)
+    listed, comments = parse_squeue(squeue.stdout)
     for job_id, comment in comments.items():
         if comment == token:
             return True, job_id
@@ -464,11 +464,11 @@ def find_by_token(
     if sacct.returncode != 0:
         # slurmdbd down: ask again later. No accounting at all: squeue's list has to do.
         return not is_transient(sacct), None
-    # Jobs that squeue lists carry a comment, and it is not ours.
+    # squeue shows the comment of every job it lists, so none of those is ours.
     records = {
         job_id: record
         for job_id, record in parse_sacct(sacct.stdout).items()
-        if job_id not in comments
+        if job_id not in listed
     }
     candidates = match_submission(records, token, os.getcwd(), since)
     if len(candidates) > 1:
