@@ -275,7 +275,8 @@ def test_job_purged_while_workflow_down(workflow: Workflow):
         sbatch("ok/")
         sbatch("killed/")
     """)
-    workflow.job("ok", "#!/usr/bin/env bash\necho fine\n")
+    # Still running when the workflow is killed, so that it ends while no workflow runs.
+    workflow.job("ok", "#!/usr/bin/env bash\nsleep 10\necho fine\n")
     # Killing the wrapper (the script's parent) leaves slurmjob.ret empty.
     workflow.job("killed", '#!/usr/bin/env bash\nkill -9 "$PPID"\n')
     proc = workflow.popen("-n", "2")
