@@ -26,6 +26,13 @@ def test_parse_sbatch_args(argstr, ext, rc):
     args = parse_sbatch_args(argstr)
     assert args.ext == ext
     assert args.rc == rc
+    assert args.onchange is None
+
+
+@pytest.mark.parametrize("onchange", ["raise", "resubmit", "ignore"])
+def test_onchange(onchange):
+    args = parse_sbatch_args(f".py --rc=x --onchange={onchange}")
+    assert (args.ext, args.rc, args.onchange) == (".py", "x", onchange)
 
 
 @pytest.mark.parametrize(
@@ -52,14 +59,15 @@ def test_rc_quoted_as_the_api_does(rc):
         ("--bogus", "unrecognized arguments: --bogus"),
         ("--rc", "argument --rc: expected one argument"),
         ("-h", "unrecognized arguments: -h"),
+        ("--onchange=later", "argument --onchange: invalid choice: 'later' (choose from"),
     ],
 )
 def test_bad_args(argstr, problem):
-    with pytest.raises(ValueError, match=r"^Invalid arguments of the sbatch action") as excinfo:
+    with pytest.raises(ValueError, match=r"^Invalid arguments of sbatch") as excinfo:
         parse_sbatch_args(argstr)
     message = str(excinfo.value)
-    assert message.startswith(f"Invalid arguments of the sbatch action: {problem}. ")
-    assert "usage: sbatch [--rc RC] [ext]" in message
+    assert message.startswith(f"Invalid arguments of sbatch: {problem}")
+    assert "usage: sbatch [--rc RC] [--onchange {raise,resubmit,ignore}] [ext]" in message
 
 
 def test_unbalanced_quotes():

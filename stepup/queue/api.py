@@ -1,15 +1,62 @@
-"""The workflow API of StepUp Queue: `sbatch()` in a `plan.py`."""
+"""The workflow API of StepUp Queue: `sbatch()` in a `plan.py`, on StepUp 3 and StepUp 4.
+
+The installed StepUp Core decides at run time how the step is made: StepUp 3 runs the action
+`sbatch`, StepUp 4 the console script `sq-sbatch-and-wait`. Both strings are part of a step's
+identity and input digest, so they are exactly those of the original StepUp Queue 1.x (for
+StepUp 3) and 2.x (for StepUp 4): a workflow started with those resumes under this package.
+"""
 
 import shlex
 from collections.abc import Collection
+from importlib.metadata import version
 
-from stepup.core.api import step
+from stepup.core import api as core
 from stepup.core.stepinfo import StepInfo
-from stepup.core.utils import string_to_list
 
 __all__ = ("sbatch",)
 
 _RESERVED_EXTS = (".log", ".out", ".err", ".ret")
+_ONCHANGE_VALUES = ("raise", "resubmit", "ignore")
+# StepUp 4 replaced `block=True` by a resource that no build offers.
+BLOCK_RESOURCE = "stepup-queue-blocked"
+
+
+def stepup_major() -> int:
+    """The major version of the installed StepUp Core: 3 or 4."""
+    return int(version("stepup").split(".")[0])
+
+
+def step_command(major: int, ext: str, rc: str | None, onchange: str | None) -> str:
+    """The action (StepUp 3) or command (StepUp 4) of an sbatch step, byte for byte.
+
+    Parameters
+    ----------
+    major
+        The major version of StepUp Core.
+    ext
+        The normalized extension of the job script, e.g. `.sh`.
+    rc
+        The rc command, or `None`.
+    onchange
+        The `onchange` argument of `sbatch()`, or `None`.
+    """
+    if major < 4:
+        command = "sbatch"
+        if ext != ".sh":
+            command += f" {shlex.quote(ext)}"
+    else:
+        command = "sq-sbatch-and-wait"
+        if ext != ".sh":
+            command += f" {ext}"
+    if rc is not None:
+        command += f" --rc={shlex.quote(rc)}"
+    if onchange is not None:
+        command += f" --onchange={onchange}"
+    return command
+
+
+def _as_list(paths: Collection[str] | str) -> list[str]:
+    return [paths] if isinstance(paths, str) else list(paths)
 
 
 def sbatch(
@@ -21,9 +68,12 @@ def sbatch(
     env: Collection[str] | str = (),
     out: Collection[str] | str = (),
     vol: Collection[str] | str = (),
+    onchange: str | None = None,
     optional: bool = False,
     pool: str | None = None,
     block: bool = False,
+    resources: dict[str, int] | str | None = None,
+    duration: float | None = None,
 ) -> StepInfo:
     """Add a step that submits a SLURM job once and waits for it to finish.
 
@@ -31,6 +81,10 @@ def sbatch(
     `sbatch` (only once: a restarted workflow finds the job again in `slurmjob.log`), waits
     until SLURM is done with it, and then succeeds or fails with the script's exit code.
     Interrupting the workflow never cancels the job; `stepup canceljobs` does.
+
+    A waiting step holds one of StepUp's slots for running steps all the time its job is
+    queued or running: `stepup build -j N` (StepUp 4, default one per core) or
+    `stepup boot -n N` (StepUp 3) must be at least the number of jobs you want queued at once.
 
     The job folder gets these files:
 
@@ -53,7 +107,7 @@ def sbatch(
         and a missing leading dot is added, so `"py"` is `.py`.
         `.log`, `.out`, `.err` and `.ret` are not allowed: those names are taken.
     rc
-        A shell command run before `sbatch` in the same shell, e.g. to load modules or
+        A bash command run before `sbatch` in the same shell, e.g. to load modules or
         activate an environment: `sbatch` runs only when it succeeds.
     inp
         Extra inputs of the step (relative to `workdir`), e.g. files the job reads.
@@ -64,32 +118,46 @@ def sbatch(
         Extra outputs of the step (relative to `workdir`), e.g. files the job writes.
     vol
         Extra volatile outputs (relative to `workdir`), not checked by StepUp.
+    onchange
+        What to do when the step's inputs changed since its job was submitted: `"raise"`
+        (fail with an explanation), `"resubmit"` (cancel the old job, submit again) or
+        `"ignore"` (keep waiting for the old job). Overrides `STEPUP_QUEUE_ONCHANGE` and
+        `STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS` for this step. `None` leaves them in charge.
     optional
         When True, the job is only submitted when another step needs its outputs.
     pool
-        The StepUp pool in which the step runs, to limit how many jobs wait at once.
+        StepUp 3 only: the pool in which the step runs, to limit how many jobs wait at once.
+        On StepUp 4, use `resources` instead.
     block
-        When True, the step stays pending and the job is not submitted.
+        When True, the step stays pending and the job is not submitted. On StepUp 4 this
+        requires a resource that no build offers (StepUp 4's replacement of blocked steps).
+    resources
+        StepUp 4 only: the resources the step holds while it waits, e.g. `"slurm:1"` with
+        `stepup build --resources slurm:50` to limit how many jobs wait at once.
+    duration
+        StepUp 4 only: an estimate of the step's duration in seconds, for scheduling.
 
     Returns
     -------
     step_info : StepInfo
-        What `stepup.core.api.step()` returns, to define follow-up steps.
+        What StepUp's `step()` (StepUp 3) or `run()` (StepUp 4) returns, to define
+        follow-up steps.
 
     Raises
     ------
     ValueError
-        When `ext` names one of the files StepUp Queue writes itself.
+        When `ext` names one of the files StepUp Queue writes itself, `onchange` has an unknown
+        value, or an argument is given that the installed StepUp does not support.
 
     Examples
     --------
-    In `plan.py`:
+    In `plan.py` (StepUp 4, run with `stepup build -j 10` to have up to 10 jobs queued):
 
     ```python
     from stepup.core.api import static
     from stepup.queue.api import sbatch
 
-    static("compute/", "compute/slurmjob.sh")
+    static("compute/slurmjob.sh")
     sbatch("compute/", out="result.txt")
     ```
     """
@@ -102,19 +170,52 @@ def sbatch(
             f"ext={ext!r} is not allowed: slurmjob{ext} is written by StepUp Queue. "
             "Use another extension for the job script, e.g. '.sh' (the default) or '.py'."
         )
-    action = "sbatch"
-    if ext != ".sh":
-        action += f" {shlex.quote(ext)}"
-    if rc is not None:
-        action += f" --rc={shlex.quote(rc)}"
-    return step(
-        action,
-        inp=[f"slurmjob{ext}", *string_to_list(inp)],
-        env=env,
-        out=["slurmjob.out", "slurmjob.err", "slurmjob.ret", *string_to_list(out)],
-        vol=["slurmjob.log", *string_to_list(vol)],
+    if onchange is not None and onchange not in _ONCHANGE_VALUES:
+        raise ValueError(
+            f"onchange={onchange!r} is not allowed: use one of {', '.join(_ONCHANGE_VALUES)}, "
+            "or None to follow STEPUP_QUEUE_ONCHANGE."
+        )
+    major = stepup_major()
+    command = step_command(major, ext, rc, onchange)
+    paths = {
+        "inp": [f"slurmjob{ext}", *_as_list(inp)],
+        "env": _as_list(env),
+        "out": ["slurmjob.out", "slurmjob.err", "slurmjob.ret", *_as_list(out)],
+        "vol": ["slurmjob.log", *_as_list(vol)],
+    }
+    if major < 4:
+        for name, value in ("resources", resources), ("duration", duration):
+            if value is not None:
+                raise ValueError(
+                    f"sbatch({workdir!r}, {name}=...) needs StepUp 4; this is StepUp "
+                    f"{version('stepup')}. Remove the argument, or use pool= on StepUp 3."
+                )
+        return core.step(
+            command, **paths, workdir=workdir, optional=optional, pool=pool, block=block
+        )
+    if pool is not None:
+        raise ValueError(
+            f"sbatch({workdir!r}, pool={pool!r}): StepUp 4 has no pools. Use "
+            f'resources="{pool}" and offer it with `stepup build --resources {pool}:N`.'
+        )
+    if block:
+        resources = _resources(resources) | {BLOCK_RESOURCE: 1}
+    return core.run(
+        command,
+        **paths,
         workdir=workdir,
         optional=optional,
-        pool=pool,
-        block=block,
+        resources=resources,
+        duration=duration,
     )
+
+
+def _resources(resources: dict[str, int] | str | None) -> dict[str, int]:
+    # Parsed as StepUp 4 parses them, to add one.
+    if resources is None:
+        return {}
+    if isinstance(resources, str):
+        from stepup.core.utils import parse_resources
+
+        return parse_resources(resources)
+    return dict(resources)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from .jobsearch import FoundJob, add_search_arguments, format_table, search_jobs
 from .scheduler import MAX_SCANCEL_IDS, cancel
 
-__all__ = ("canceljobs_subcommand", "canceljobs_tool")
+__all__ = ("canceljobs_subcommand", "canceljobs_tool", "sq_cancel_jobs")
 
 _DESCRIPTION = """\
 Cancel the SLURM jobs of a workflow. Each PATH is searched recursively for slurmjob.log files;
@@ -24,28 +24,51 @@ folders afterwards is your choice (see `stepup removejobs`). The exit status is 
 an scancel call failed."""
 
 
-def canceljobs_subcommand(subparsers: argparse._SubParsersAction) -> Callable:
-    """Add the `canceljobs` subcommand and return the function that runs it."""
+_ALL_HELP = (
+    "Also cancel jobs whose log records a final state or whose slurmjob.ret holds an exit code, "
+    "as long as SLURM still lists them as pending or running."
+)
+
+
+def canceljobs_subcommand(subparsers: argparse._SubParsersAction, loader=None) -> Callable:
+    """Add the `canceljobs` subcommand and return the function that runs it.
+
+    StepUp 3 calls this with the subparsers only, StepUp 4 also with its configuration loader
+    (unused). Both ignore what the tool returns, so it exits through `sys.exit`.
+    """
     parser = subparsers.add_parser(
         "canceljobs",
         help="Cancel the SLURM jobs of a workflow, found through their slurmjob.log files.",
         description=_DESCRIPTION,
     )
     add_search_arguments(parser)
-    parser.add_argument(
-        "-a",
-        "--all",
-        action="store_true",
-        help="Also cancel jobs whose log records a final state or whose slurmjob.ret holds an "
-        "exit code, as long as SLURM still lists them as pending or running.",
-    )
+    parser.add_argument("-a", "--all", action="store_true", help=_ALL_HELP)
     parser.add_argument(
         "-n",
         "--dry-run",
         action="store_true",
         help="Only show which jobs would be cancelled; run no scancel.",
     )
-    return canceljobs_tool
+    return lambda args: sys.exit(canceljobs_tool(args))
+
+
+def sq_cancel_jobs(argv: list[str] | None = None):
+    """`sq-cancel-jobs [PATH ...] [-a] [-c]`: the command of the original StepUp Queue 2.x.
+
+    Unlike `stepup canceljobs`, it only shows what it would cancel unless `-c/--commit` is given.
+    """
+    parser = argparse.ArgumentParser(
+        prog="sq-cancel-jobs",
+        description=_DESCRIPTION + "\n\nWithout --commit, this is a dry run.",
+    )
+    add_search_arguments(parser)
+    parser.add_argument("-a", "--all", action="store_true", help=_ALL_HELP)
+    parser.add_argument(
+        "-c", "--commit", action="store_true", help="Cancel the jobs; without it, only show them."
+    )
+    args = parser.parse_args(argv)
+    args.dry_run = not args.commit
+    sys.exit(canceljobs_tool(args))
 
 
 def _decide(job: FoundJob, cancel_all: bool) -> tuple[bool, str]:

@@ -11,12 +11,15 @@ from enum import Enum
 from typing import TypeVar
 
 from path import Path
-from stepup.core.utils import string_to_bool
 
 __all__ = ("Config", "ConfigError", "OnChange", "QueryMethod")
 
 
 E = TypeVar("E", bound=Enum)
+
+# The spellings StepUp Core 3 accepts, so a value keeps its meaning on StepUp 4.
+_TRUE = ("yes", "true", "t", "y", "1")
+_FALSE = ("no", "false", "f", "n", "0")
 
 
 class ConfigError(ValueError):
@@ -151,12 +154,11 @@ def _read_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     value = environ.get(name)
     if value is None or value == "":
         return default
-    try:
-        return string_to_bool(value)
-    except ValueError:
-        raise ConfigError(
-            f"{name}={value!r} is not a boolean. Use yes/no, true/false or 1/0."
-        ) from None
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean. Use yes/no, true/false or 1/0.")
 
 
 def _read_float(

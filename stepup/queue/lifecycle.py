@@ -4,7 +4,6 @@ All decisions about a job live here; the job log, the wrapper and SLURM itself a
 through their own modules.
 """
 
-import os
 import random
 import secrets
 import time
@@ -43,7 +42,7 @@ class JobError(RuntimeError):
     """The job cannot be submitted or did not end well. The message says why and what to do."""
 
 
-def run_job(ext: str, rc: str | None, config: Config) -> int:
+def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str, str]) -> int:
     """Submit the job in the current folder once, wait for it, and return its exit code.
 
     Parameters
@@ -52,8 +51,13 @@ def run_job(ext: str, rc: str | None, config: Config) -> int:
         The extension of the job script, e.g. `.sh`.
     rc
         A shell command to run before sbatch, or `None`.
+    digest
+        The input digest of the step (`STEPUP_STEP_INP_DIGEST`), kept in the log to notice
+        changed inputs after a restart.
     config
         The settings.
+    env
+        The environment of sbatch (and rc), which the job inherits.
 
     Returns
     -------
@@ -65,11 +69,10 @@ def run_job(ext: str, rc: str | None, config: Config) -> int:
     JobError, JobScriptError, JobLogError, ConfigError
         With a message that names the file, the problem and a fix.
     """
-    digest = os.environ.get("STEPUP_STEP_INP_DIGEST", "")
     if digest == "":
         raise JobError(
-            "STEPUP_STEP_INP_DIGEST is not set: the sbatch action must run as a StepUp step "
-            "(stepup >= 3.0.1), e.g. through stepup.queue.api.sbatch() in plan.py."
+            "STEPUP_STEP_INP_DIGEST is not set: an sbatch step must run as a StepUp step "
+            "(stepup >= 3.1.4), made by stepup.queue.api.sbatch() in plan.py."
         )
     script = read_job_script(f"slurmjob{ext}")
     StateCache(config, None).check_writable()
@@ -84,7 +87,7 @@ def run_job(ext: str, rc: str | None, config: Config) -> int:
     # A fresh submission gives SLURM one cache period before its state is asked.
     first_query = config.cache_timeout
     if joblog.job_id is None:
-        _submit_once(joblog, script, rc, config)
+        _submit_once(joblog, script, rc, config, env)
         joblog = read_log(log_path)
         print(f"Submitted job {joblog.job_id}{_on_cluster(joblog)}")
     elif not joblog.done:
@@ -139,7 +142,9 @@ def _inputs_changed(
     return None
 
 
-def _submit_once(joblog: JobLog, script: JobScript, rc: str | None, config: Config):
+def _submit_once(
+    joblog: JobLog, script: JobScript, rc: str | None, config: Config, env: dict[str, str]
+):
     """Submit the job, or find the job that an interrupted earlier attempt submitted."""
     wrapper = render_wrapper(script)
     token = joblog.token
@@ -164,7 +169,7 @@ def _submit_once(joblog: JobLog, script: JobScript, rc: str | None, config: Conf
                 return
             if not certain:
                 continue
-        result = submit(wrapper, rc=rc, token=token, timeout=config.command_timeout)
+        result = submit(wrapper, rc=rc, token=token, timeout=config.command_timeout, env=env)
         if result.returncode == 0:
             lines = result.stdout.strip().splitlines()
             submitted = lines[-1].strip() if lines else ""

@@ -18,14 +18,14 @@ from .jobsearch import (
 )
 from .wrapper import RET_NAME
 
-__all__ = ("JOB_FILES", "removejobs_subcommand", "removejobs_tool")
+__all__ = ("JOB_FILES", "removejobs_subcommand", "removejobs_tool", "sq_remove_jobs")
 
 # The files removed from a job folder; the log goes last, so that a folder in which a removal
 # failed still records its job.
 JOB_FILES = ("slurmjob.out", "slurmjob.err", RET_NAME, LOG_NAME)
 
 _DESCRIPTION = """\
-Remove the files of ended SLURM jobs of a workflow, so that the next `stepup boot` submits
+Remove the files of ended SLURM jobs of a workflow, so that the next run of the workflow submits
 them afresh. Each PATH is searched recursively for slurmjob.log files. By default, jobs that
 failed are selected: the log or SLURM records a failed end state (FAILED, CANCELLED, TIMEOUT,
 NODE_FAIL, OUT_OF_MEMORY, ...), slurmjob.ret holds a non-zero exit code, or the job ended
@@ -36,14 +36,30 @@ removed: the jobs are only listed. With --commit, slurmjob.log, slurmjob.out, sl
 slurmjob.ret of the selected jobs are removed, and nothing else (never the job script)."""
 
 
-def removejobs_subcommand(subparsers: argparse._SubParsersAction) -> Callable:
-    """Add the `removejobs` subcommand and return the function that runs it."""
+def removejobs_subcommand(subparsers: argparse._SubParsersAction, loader=None) -> Callable:
+    """Add the `removejobs` subcommand and return the function that runs it.
+
+    StepUp 3 calls this with the subparsers only, StepUp 4 also with its configuration loader
+    (unused). Both ignore what the tool returns, so it exits through `sys.exit`.
+    """
     parser = subparsers.add_parser(
         "removejobs",
         help="Remove the log and output files of failed (or all ended) SLURM jobs of a "
         "workflow, so that they are submitted again.",
         description=_DESCRIPTION,
     )
+    _add_arguments(parser)
+    return lambda args: sys.exit(removejobs_tool(args))
+
+
+def sq_remove_jobs(argv: list[str] | None = None):
+    """`sq-remove-jobs [PATH ...] [-a] [-c]`: the command of the original StepUp Queue 2.x."""
+    parser = argparse.ArgumentParser(prog="sq-remove-jobs", description=_DESCRIPTION)
+    _add_arguments(parser)
+    sys.exit(removejobs_tool(parser.parse_args(argv)))
+
+
+def _add_arguments(parser: argparse.ArgumentParser):
     add_search_arguments(parser)
     parser.add_argument(
         "-a",
@@ -57,7 +73,6 @@ def removejobs_subcommand(subparsers: argparse._SubParsersAction) -> Callable:
         action="store_true",
         help="Remove the files of the selected jobs, instead of only listing them.",
     )
-    return removejobs_tool
 
 
 def _why_failed(job: FoundJob) -> str:

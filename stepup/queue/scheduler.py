@@ -97,12 +97,16 @@ class CommandResult:
 
 
 def run_command(
-    args: list[str] | str, *, timeout: float, stdin: str | None = None
+    args: list[str] | str,
+    *,
+    timeout: float,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> CommandResult:
     """Run a command without a shell (or with bash, when `args` is a string).
 
     A command that runs longer than `timeout` seconds is killed with its process group,
-    so a hanging SLURM client never blocks a step forever.
+    so a hanging SLURM client never blocks a step forever. `env` replaces the environment.
     """
     shell = isinstance(args, str)
     command = args if shell else shlex.join(args)
@@ -117,6 +121,7 @@ def run_command(
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
+            env=env,
             start_new_session=True,
         )
     except FileNotFoundError:
@@ -141,7 +146,9 @@ def is_transient(result: CommandResult) -> bool:
     return any(part in text for part in _TRANSIENT_ERRORS)
 
 
-def submit(wrapper: str, *, rc: str | None, token: str, timeout: float) -> CommandResult:
+def submit(
+    wrapper: str, *, rc: str | None, token: str, timeout: float, env: dict[str, str]
+) -> CommandResult:
     """Submit a wrapper script with `sbatch --parsable`, tagged with a token as its comment.
 
     Parameters
@@ -154,14 +161,16 @@ def submit(wrapper: str, *, rc: str | None, token: str, timeout: float) -> Comma
         The unique tag of this submission, stored as the job's comment.
     timeout
         Seconds after which sbatch is killed.
+    env
+        The environment of sbatch (and rc); the job inherits it.
     """
     args = ["sbatch", "--parsable", "-o", "slurmjob.out", "-e", "slurmjob.err"]
     args.append(f"--comment={token}")
     if rc is None:
-        return run_command(args, stdin=wrapper, timeout=timeout)
+        return run_command(args, stdin=wrapper, timeout=timeout, env=env)
     # The braces keep every command of rc away from the wrapper on stdin, not just the last.
     command = f"{{ {rc}\n}} < /dev/null && {shlex.join(args)}"
-    return run_command(command, stdin=wrapper, timeout=timeout)
+    return run_command(command, stdin=wrapper, timeout=timeout, env=env)
 
 
 def _cluster_args(cluster: str | None) -> list[str]:
