@@ -1,5 +1,7 @@
 """Shared fixtures: a real local SLURM and one StepUp workflow folder per test."""
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -13,7 +15,16 @@ from dataclasses import dataclass, field
 import pytest
 from path import Path
 
+from stepup.queue.api import stepup_major
 from stepup.queue.joblog import FORMAT_LINE
+
+# The StepUp Core of the Python that runs the tests is the host of every workflow: the suite
+# runs once per host, each in its own venv (tools/test.sh).
+HOST = stepup_major()
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_CHILD_SUBREAPER = 36
+# `stepup boot` (StepUp 3) and `stepup build` (StepUp 4) flag a failed step differently.
+FAILED_RC = 2 if HOST < 4 else 4
 
 # Fast but realistic settings: every test shortens polling through the documented variables.
 FAST_ENV = {
@@ -77,13 +88,26 @@ class Workflow:
     env: dict[str, str]
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
 
+    host: int = HOST
+
     def plan(self, body: str):
-        """Write an executable plan.py with the usual imports and the given body."""
-        header = (
-            "#!/usr/bin/env python3\n"
-            "from stepup.core.api import static, glob\n"
-            "from stepup.queue.api import sbatch\n"
-        )
+        """Write an executable plan.py with the usual imports and the given body.
+
+        On StepUp 4, `static("job/", "job/slurmjob.sh")` would make the folder a static tree
+        that may not hold the step's outputs, and `mkdir()` is gone (a step's folder is made
+        when it runs): the header hides both, so one plan body serves both hosts.
+        """
+        # Three lines on both hosts, so that tests can name the lines of the body.
+        header = "#!/usr/bin/env python3\n"
+        if self.host < 4:
+            header += "from stepup.core.api import glob, mkdir, static\n"
+        else:
+            header += (
+                "from stepup.core.api import glob, static as _static; "
+                "static = lambda *paths: _static(*[p for p in paths if not p.endswith('/')]); "
+                "mkdir = lambda path: None\n"
+            )
+        header += "from stepup.queue.api import sbatch\n"
         path = self.root / "plan.py"
         path.write_text(header + textwrap.dedent(body))
         path.chmod(0o755)
@@ -96,8 +120,28 @@ class Workflow:
         path.chmod(mode)
         return path
 
+    def label(self, folder: str, args: str = "") -> str:
+        """How StepUp names the sbatch step of a job folder in its output, e.g. after FAIL."""
+        if self.host < 4:
+            return f"sbatch{args}  # wd={folder.rstrip('/')}/"
+        return f"sq-sbatch-and-wait{args}  # wd={folder.rstrip('/')}"
+
+    @property
+    def plan_label(self) -> str:
+        """How StepUp names the step that runs plan.py."""
+        return "runpy ./plan.py" if self.host < 4 else "./plan.py"
+
+    def command(self, *args: str) -> list[str]:
+        """The command that runs the workflow: `stepup boot` on StepUp 3, `stepup build` on 4.
+
+        `-n N` (StepUp 3's number of workers) is StepUp 4's `-j N`.
+        """
+        if self.host < 4:
+            return ["stepup", "boot", *args]
+        return ["stepup", "build", *("-j" if arg == "-n" else arg for arg in args)]
+
     def boot(self, *args: str, timeout: float = 240, env: dict | None = None):
-        """Run `stepup boot` to the end and return the completed process."""
+        """Run the workflow to the end and return the completed process."""
         proc = self.popen(*args, env=env, stderr=subprocess.PIPE)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
@@ -113,7 +157,7 @@ class Workflow:
     def popen(
         self, *args: str, env: dict | None = None, stderr: int = subprocess.STDOUT
     ) -> subprocess.Popen:
-        """Start `stepup boot` in the background, in its own process group.
+        """Start the workflow in the background, in its own process group.
 
         StepUp Core 3.2.3 now and then dies at start-up when it connects to a worker's socket
         before the worker listens on it (ConnectionRefusedError in .stepup/director.log or
@@ -126,7 +170,7 @@ class Workflow:
             for path in stepup_dir.glob("*.log"):
                 path.remove()
             proc = subprocess.Popen(
-                ["stepup", "boot", *args],
+                self.command(*args),
                 cwd=self.root,
                 env=self.env | (env or {}),
                 stdout=subprocess.PIPE,
@@ -135,7 +179,7 @@ class Workflow:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            if not self._crashed_at_startup(proc):
+            if self.host >= 4 or not self._crashed_at_startup(proc):
                 return proc
             self.kill(proc)
         pytest.fail(f"StepUp Core crashed three times at start-up.\n{self._stepup_logs()}")
@@ -159,14 +203,31 @@ class Workflow:
         )
 
     def kill(self, proc: subprocess.Popen):
-        """Kill a workflow started with popen() at once, as a crashing login node would."""
-        os.killpg(proc.pid, signal.SIGKILL)
+        """Kill a workflow started with popen() at once, as a crashing login node would.
+
+        StepUp 4 runs its director and each step in sessions of their own, so the whole tree
+        of processes is collected first and then killed.
+        """
+        # Orphans become children of this process, which reaps them: PID 1 here does not,
+        # and StepUp 4 takes a zombie director for a running one.
+        _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        pids = [proc.pid, *descendants(proc.pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
-        # StepUp refuses to boot while the killed director's socket file is left behind;
-        # removing it is what StepUp's message asks of the user.
-        director_log = self.root / ".stepup/director.log"
-        if director_log.exists():
-            Path(director_log.read_text().split("\n")[0].split()[-1]).remove_p()
+        deadline = time.monotonic() + 10
+        for pid in pids[1:]:
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                time.sleep(0.02)
+        if self.host < 4:
+            # StepUp 3 refuses to boot while the killed director's socket file is left behind;
+            # removing it is what StepUp's message asks of the user.
+            director_log = self.root / ".stepup/director.log"
+            if director_log.exists():
+                Path(director_log.read_text().split("\n")[0].split()[-1]).remove_p()
 
     def jobs(self) -> list[dict[str, str]]:
         """SLURM's accounting records of the jobs submitted from this workflow's folders."""
@@ -199,6 +260,13 @@ class Workflow:
 
     def log(self, folder: str) -> str:
         return (self.root / folder / "slurmjob.log").read_text()
+
+
+def pytest_collection_modifyitems(items):
+    """Mark the tests that run a real workflow `e2e`: they run on both hosts (tools/test.sh)."""
+    for item in items:
+        if "workflow" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -347,6 +415,24 @@ def jobtools(workflow) -> Iterator[JobTools]:
     finally:
         if tools.ids:
             subprocess.run(["scancel", *map(str, tools.ids)], check=False)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    result = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            result.append(child)
+            todo.append(child)
+    return result
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "condition"):

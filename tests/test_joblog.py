@@ -13,6 +13,7 @@ from stepup.queue.joblog import (
     find_logs,
     parse_submitted,
     read_log,
+    record_submitted,
     start_log,
 )
 
@@ -277,6 +278,35 @@ def test_round_trip(tmp_path):
     assert joblog.submitted_time == t_submitted
     assert joblog.states == [(t_running, "RUNNING"), (t_completed, "COMPLETED")]
     assert joblog.done
+
+
+def test_record_submitted_drops_submitting_records(tmp_path):
+    """Once the job id is known, the log is in the format of 1.0.2, which the originals read."""
+    path = Path(tmp_path) / "slurmjob.log"
+    start_log(path, DIGEST)
+    append_record(path, "Submitting")
+    append_record(path, f"Submitting {TOKEN}")
+    t_submitted = record_submitted(path, "42;localcluster")
+    assert path.read_text() == (
+        f"{FORMAT_LINE}\n{DIGEST}\n"
+        f"{t_submitted.isoformat(timespec='microseconds')} Submitted 42;localcluster\n"
+    )
+    assert list(Path(tmp_path).iterdir()) == [path]
+    joblog = read_log(path)
+    assert (joblog.token, joblog.submitting_time) == (None, None)
+    assert (joblog.job_id, joblog.cluster, joblog.submitted_time) == (
+        42,
+        "localcluster",
+        t_submitted,
+    )
+
+
+def test_read_bare_submitting_record_of_the_original_2x(tmp_path):
+    path = write_log(tmp_path, FORMAT_LINE, DIGEST, "2026-11-25T10:01:02.123456 Submitting")
+    joblog = read_log(path)
+    assert joblog.token is None
+    assert joblog.submitting_time == datetime(2026, 11, 25, 10, 1, 2, 123456)
+    assert joblog.job_id is None
 
 
 def test_start_log_replaces_existing_log(tmp_path):

@@ -87,7 +87,7 @@ def test_python_script(workflow: Workflow):
 def test_rendered_template_without_execute_permission(workflow: Workflow):
     """A job script made by render_jinja has mode 644: it must run, unchanged."""
     workflow.plan("""
-        from stepup.core.api import render_jinja, mkdir
+        from stepup.core.api import render_jinja
         static("template.sh")
         mkdir("job/")
         render_jinja("template.sh", {"word": "rendered"}, "job/slurmjob.sh")

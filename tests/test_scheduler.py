@@ -414,7 +414,9 @@ def test_submit(fakebin, tmp_path):
     stdin = Path(tmp_path) / "stdin.txt"
     fakebin("sbatch", f'echo "$*" >> {calls}\ncat > {stdin}\necho 77\n')
     token = "stepup-queue-0123456789abcdef"
-    result = submit("#!/usr/bin/env bash\ntrue\n", rc=None, token=token, timeout=10)
+    result = submit(
+        "#!/usr/bin/env bash\ntrue\n", rc=None, token=token, timeout=10, env=dict(os.environ)
+    )
     assert result.returncode == 0
     assert result.stdout == "77\n"
     assert calls.read_text() == f"--parsable -o slurmjob.out -e slurmjob.err --comment={token}\n"
@@ -426,12 +428,12 @@ def test_submit_rc(fakebin, tmp_path):
     fakebin("sbatch", f'echo "$* X=$X" >> {calls}\ncat > /dev/null\necho 78\n')
     token = "stepup-queue-0123456789abcdef"
     # The rc command runs in the same shell, so what it exports reaches sbatch ...
-    result = submit("wrapper", rc="export X=1", token=token, timeout=10)
+    result = submit("wrapper", rc="export X=1", token=token, timeout=10, env=dict(os.environ))
     assert result.returncode == 0
     assert calls.read_text().endswith(" X=1\n")
     # ... and sbatch does not run when it fails.
     calls.remove()
-    result = submit("wrapper", rc="false", token=token, timeout=10)
+    result = submit("wrapper", rc="false", token=token, timeout=10, env=dict(os.environ))
     assert result.returncode == 1
     assert not calls.exists()
 
@@ -440,7 +442,13 @@ def test_submit_rc(fakebin, tmp_path):
 def test_submit_rc_does_not_read_the_wrapper(fakebin, tmp_path, rc):
     stdin = Path(tmp_path) / "stdin.txt"
     fakebin("sbatch", f"cat > {stdin}\necho 79\n")
-    result = submit("the wrapper\n", rc=rc, token="stepup-queue-0123456789abcdef", timeout=10)
+    result = submit(
+        "the wrapper\n",
+        rc=rc,
+        token="stepup-queue-0123456789abcdef",
+        timeout=10,
+        env=dict(os.environ),
+    )
     assert result.returncode == 0
     assert stdin.read_text() == "the wrapper\n"
 
@@ -449,7 +457,13 @@ def test_submit_rc_does_not_read_the_wrapper(fakebin, tmp_path, rc):
 def test_submit_compound_rc_does_not_read_the_wrapper(fakebin, tmp_path, rc):
     stdin = Path(tmp_path) / "stdin.txt"
     fakebin("sbatch", f"cat > {stdin}\necho 79\n")
-    result = submit("the wrapper\n", rc=rc, token="stepup-queue-0123456789abcdef", timeout=10)
+    result = submit(
+        "the wrapper\n",
+        rc=rc,
+        token="stepup-queue-0123456789abcdef",
+        timeout=10,
+        env=dict(os.environ),
+    )
     assert result.returncode == 0
     assert stdin.read_text() == "the wrapper\n"
 

@@ -8,13 +8,23 @@
 # succeed and the job in fail/ fails with exit code 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# STEPUP_QUEUE_HOST=3 runs the demo on StepUp Core 3 instead of 4.
+host=${STEPUP_QUEUE_HOST:-4}
 bash tools/local-slurm.sh start
-bash tools/setup-venv.sh test
-export PATH="$PWD/.venv/bin:$PATH"
+bash tools/setup-venv.sh "$host" test
+if [[ $host == 3 ]]; then
+    export PATH="$PWD/.venv3/bin:$PATH"
+    run=(stepup boot -n 8 --no-progress)
+else
+    export PATH="$PWD/.venv/bin:$PATH"
+    run=(stepup build -j 8 -k --no-progress)
+fi
 
 work=$(mktemp -d -t stepup-queue-demo.XXXXXX)
 cp -r docs/examples/slurm-basic "$work/slurm-basic"
 cd "$work/slurm-basic"
+# The example's plan.py is for StepUp 4; plan-stepup3.py is the same plan for StepUp 3.
+if [[ $host == 3 ]]; then cp plan-stepup3.py plan.py; fi
 # Short waits for a quick demo on an idle local cluster; keep the defaults on a real one.
 export STEPUP_SBATCH_CACHE_TIMEOUT=2
 export STEPUP_SBATCH_POLLING_INTERVAL=0.2
@@ -22,13 +32,13 @@ export STEPUP_SBATCH_TIME_MARGIN=0.1
 export STEPUP_SBATCH_RET_TIMEOUT=5
 export STEPUP_QUEUE_CACHE_DIR="$work/cache"
 
-echo "=== stepup boot in $PWD"
+echo "=== ${run[*]} in $PWD"
 set +e
-stepup boot -n 8 --no-progress < /dev/null
+"${run[@]}" < /dev/null
 code=$?
 set -e
 echo
-echo "=== stepup boot exited with code $code (non-zero: the step in fail/ failed, as it should)"
+echo "=== ${run[*]} exited with code $code (non-zero: the step in fail/ failed, as it should)"
 echo
 echo "=== The jobs (exit code in slurmjob.ret, then SLURM's accounting record)"
 printf '%-15s %-4s %-8s %-10s %-10s %s\n' FOLDER RET JOBID NAME STATE EXITCODE

@@ -40,14 +40,10 @@ def step_command(major: int, ext: str, rc: str | None, onchange: str | None) -> 
     onchange
         The `onchange` argument of `sbatch()`, or `None`.
     """
-    if major < 4:
-        command = "sbatch"
-        if ext != ".sh":
-            command += f" {shlex.quote(ext)}"
-    else:
-        command = "sq-sbatch-and-wait"
-        if ext != ".sh":
-            command += f" {ext}"
+    command = "sbatch" if major < 4 else "sq-sbatch-and-wait"
+    if ext != ".sh":
+        # Quoting changes no extension that needs none, so the bytes stay those of 2.0.x.
+        command += f" {shlex.quote(ext)}"
     if rc is not None:
         command += f" --rc={shlex.quote(rc)}"
     if onchange is not None:

@@ -13,8 +13,13 @@ The first two lines and the `Submitted` and state records are exactly those of S
 1.0.2, so job folders written by it can be resumed. The `Submitting` record is new: it is
 written (and flushed to disk) just before `sbatch` runs and holds the token that tags the job,
 so that a workflow killed before the `Submitted` record was written can find its job again
-instead of submitting it twice. The `Submitted` record holds what `sbatch --parsable` printed:
-`ID` or `ID;CLUSTER`.
+instead of submitting it twice. Once the `Submitted` record is written, the log is rewritten
+without `Submitting` records, so that a folder whose submission completed is exactly in the
+format that the original releases read. The `Submitted` record holds what
+`sbatch --parsable` printed: `ID` or `ID;CLUSTER`.
+
+The original StepUp Queue 2.x writes a bare `Submitting` record (no token) before sbatch: it is
+read as a submission that tagged no job.
 """
 
 import os
@@ -35,6 +40,7 @@ __all__ = (
     "find_logs",
     "parse_submitted",
     "read_log",
+    "record_submitted",
     "start_log",
 )
 
@@ -78,9 +84,9 @@ class JobLog:
     digest
         The input digest of the step that submitted the job (second line).
     token
-        The token of the last `Submitting` record, if any.
+        The token of the last `Submitting` record, `None` when there is none or it is bare.
     submitting_time
-        When the last `Submitting` record was written.
+        When the last `Submitting` record was written, `None` when there is none.
     job_id
         The job id from the `Submitted` record, `None` when the job was not (yet) submitted.
     cluster
@@ -179,8 +185,8 @@ def _parse_record(joblog: JobLog, lineno: int, line: str):
             joblog.path, lineno, f"no valid date and time at the start of {line!r}"
         ) from None
     kind, _, rest = record.partition(" ")
-    if kind == "Submitting" and _RE_TOKEN.fullmatch(rest):
-        joblog.token = rest
+    if kind == "Submitting" and (rest == "" or _RE_TOKEN.fullmatch(rest)):
+        joblog.token = rest or None
         joblog.submitting_time = time
     elif kind == "Submitted":
         if joblog.job_id is not None:
@@ -233,8 +239,43 @@ def append_record(path: str | Path, record: str) -> datetime:
         The time stamp written in front of the record.
     """
     time = datetime.now()
-    _write(Path(path), f"{time.isoformat(timespec='microseconds')} {record}\n", "a")
+    _write(Path(path), _record(time, record), "a")
     return time
+
+
+def record_submitted(path: str | Path, submitted: str) -> datetime:
+    """Append the `Submitted` record and drop the `Submitting` records, atomically.
+
+    Parameters
+    ----------
+    path
+        The log file.
+    submitted
+        What `sbatch --parsable` printed: `ID` or `ID;CLUSTER`.
+
+    Returns
+    -------
+    time
+        The time stamp of the `Submitted` record.
+    """
+    path = Path(path)
+    time = datetime.now()
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.split()[1:2] != ["Submitting"]]
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        _write(tmp, "".join(kept) + _record(time, f"Submitted {submitted}"), "w")
+        # Atomic: a reader sees the log with the Submitting record or the one with Submitted.
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.remove_p()
+        # The log is the file the user must look at, not our temporary copy.
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    return time
+
+
+def _record(time: datetime, record: str) -> str:
+    return f"{time.isoformat(timespec='microseconds')} {record}\n"
 
 
 def _write(path: Path, text: str, mode: str):

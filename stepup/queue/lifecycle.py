@@ -19,6 +19,7 @@ from .joblog import (
     append_record,
     parse_submitted,
     read_log,
+    record_submitted,
     start_log,
 )
 from .scheduler import (
@@ -121,7 +122,7 @@ def _inputs_changed(
             "when both are set, STEPUP_QUEUE_ONCHANGE wins."
         )
     job_id, cluster = joblog.job_id, joblog.cluster
-    if job_id is None and joblog.token is not None and joblog.submitting_time is not None:
+    if job_id is None and joblog.submitting_time is not None:
         # Submitted with the old inputs, but killed before the Submitted record.
         certain, job_id = find_by_token(
             joblog.token, script.clusters, joblog.submitting_time, config
@@ -147,28 +148,28 @@ def _submit_once(
 ):
     """Submit the job, or find the job that an interrupted earlier attempt submitted."""
     wrapper = render_wrapper(script)
-    token = joblog.token
-    resumed = token is not None
-    if token is None:
-        token = f"stepup-queue-{secrets.token_hex(8)}"
-        since = append_record(joblog.path, f"Submitting {token}")
-        # An exit code left by an earlier job must not be taken for this job's.
-        Path(RET_NAME).write_text("")
-    else:
-        since = joblog.submitting_time
+    token, since = joblog.token, joblog.submitting_time
+    # An interrupted attempt (ours, or a bare Submitting record of the original 2.x) may have
+    # reached SLURM even though its job id was never logged: look before submitting.
+    lookup = since is not None
     failure = None
     for attempt in range(config.submit_retries + 1):
         if attempt > 0:
             time.sleep(config.submit_backoff * 2 ** (attempt - 1))
-        if resumed or attempt > 0:
-            # The earlier attempt may have reached SLURM even though we never saw its answer.
+        if lookup:
             certain, job_id = find_by_token(token, script.clusters, since, config)
             if job_id is not None:
                 suffix = "" if script.cluster is None else f";{script.cluster}"
-                append_record(joblog.path, f"Submitted {job_id}{suffix}")
+                record_submitted(joblog.path, f"{job_id}{suffix}")
                 return
             if not certain:
                 continue
+        if token is None:
+            token = f"stepup-queue-{secrets.token_hex(8)}"
+            # An exit code left by an earlier job must not be taken for this job's.
+            Path(RET_NAME).write_text("")
+            since = append_record(joblog.path, f"Submitting {token}")
+        lookup = True
         result = submit(wrapper, rc=rc, token=token, timeout=config.command_timeout, env=env)
         if result.returncode == 0:
             lines = result.stdout.strip().splitlines()
@@ -180,7 +181,7 @@ def _submit_once(
                     f"sbatch succeeded but printed {result.stdout!r} instead of a job id. "
                     "Does the rc command print to standard output? Send its output elsewhere."
                 ) from None
-            append_record(joblog.path, f"Submitted {submitted}")
+            record_submitted(joblog.path, submitted)
             return
         failure = result
         if not is_transient(result):

@@ -429,7 +429,7 @@ def sacct_state(job_id: int, cluster: str | None, timeout: float) -> str | None:
 
 
 def find_by_token(
-    token: str, clusters: str | None, since: datetime, config: Config
+    token: str | None, clusters: str | None, since: datetime, config: Config
 ) -> tuple[bool, int | None]:
     """Look for the job of an interrupted submission, first in squeue, then in sacct.
 
@@ -441,7 +441,9 @@ def find_by_token(
     Parameters
     ----------
     token
-        The comment given to the job at submission.
+        The comment given to the job at submission; `None` for a bare `Submitting` record of
+        the original StepUp Queue 2.x, which tags no job: then only the folder and the time
+        tell the job.
     clusters
         The value of the script's `-M` option, `None` when it has none.
     since
@@ -467,32 +469,36 @@ def find_by_token(
     for job_id, comment in comments.items():
         if comment == token:
             return True, job_id
+    # squeue shows the comment of every job it lists, so none of those carries our token.
+    # A submission without token can only rule out the listed jobs that have a comment.
+    excluded = set(listed) if token is not None else set(comments)
     start = (since - CLOCK_SLACK).strftime("%Y-%m-%dT%H:%M:%S")
     args = ["sacct", *_cluster_args(clusters), "-X", "-n", "-P", "-S", start]
     sacct = run_command([*args, "-o", ",".join(SACCT_FIELDS)], timeout=config.command_timeout)
     if sacct.returncode != 0:
         # slurmdbd down: ask again later. No accounting at all: squeue's list has to do.
         return not is_transient(sacct), None
-    # squeue shows the comment of every job it lists, so none of those is ours.
     records = {
         job_id: record
         for job_id, record in parse_sacct(sacct.stdout).items()
-        if job_id not in listed
+        if job_id not in excluded
     }
     candidates = match_submission(records, token, os.getcwd(), since)
     if len(candidates) > 1:
         listed = ", ".join(map(str, candidates))
+        ended = ", all ended" if token is not None else ""
         raise ValueError(
             f"sacct lists several jobs without a comment submitted from {os.getcwd()} "
-            f"since {since - CLOCK_SLACK:%Y-%m-%dT%H:%M:%S} ({listed}), all ended; StepUp "
-            "Queue cannot tell which one its interrupted submission made. Remove slurmjob.log "
-            "in this folder to submit the job afresh."
+            f"since {since - CLOCK_SLACK:%Y-%m-%dT%H:%M:%S} ({listed}){ended}; StepUp "
+            "Queue cannot tell which one its interrupted submission made. Make sure none of "
+            "them is still needed (scancel), then remove slurmjob.log in this folder to submit "
+            "the job afresh."
         )
     return True, candidates[0] if candidates else None
 
 
 def match_submission(
-    records: dict[int, dict[str, str]], token: str, workdir: str, since: datetime
+    records: dict[int, dict[str, str]], token: str | None, workdir: str, since: datetime
 ) -> list[int]:
     """Select the jobs in sacct records that a submission tagged with `token` made.
 
@@ -513,7 +519,7 @@ def match_submission(
         The jobs whose comment is the token; if there are none, the jobs without comment
         submitted from `workdir` no earlier than `since` minus `CLOCK_SLACK`.
     """
-    tagged = [job_id for job_id, record in records.items() if record["Comment"] == token]
+    tagged = [job_id for job_id, record in records.items() if token and record["Comment"] == token]
     if tagged:
         return tagged
     earliest = since - CLOCK_SLACK

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# StepUp 3: run with `stepup boot -n 8`. For StepUp 4, see plan.py.
 from stepup.core.api import static
 
 from stepup.queue.api import sbatch

@@ -17,7 +17,13 @@ STOP_AFTER=${WORKFLOW_STOP_AFTER:-3000}
 # finish; the second interrupts steps that still wait for a SLURM job. The jobs keep running.
 GRACE=${WORKFLOW_STOP_GRACE:-300}
 
-stepup boot --no-progress &
+# StepUp 4 runs `stepup build`, StepUp 3 `stepup boot`; each waiting step holds one of the
+# slots given with -j (StepUp 4) or -n (StepUp 3).
+if stepup build --help > /dev/null 2>&1; then
+    stepup build -j 8 --no-progress &
+else
+    stepup boot -n 8 --no-progress &
+fi
 boot=$!
 stops=0
 while kill -0 "$boot" 2> /dev/null; do
@@ -37,5 +43,5 @@ if ((stops > 0 && code != 0)); then
     sbatch workflow.sh
     exit
 fi
-echo "workflow.sh: stepup boot exited with code $code"
+echo "workflow.sh: StepUp exited with code $code"
 exit "$code"
