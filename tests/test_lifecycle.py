@@ -1,13 +1,14 @@
 """End-to-end behaviour of the sbatch step: real `stepup boot` on the real local SLURM."""
 
+import os
 import subprocess
 import time
 
 import pytest
-from conftest import Workflow, scontrol_state, wait_for
+from conftest import FAILED_RC, Workflow, scontrol_state, wait_for
 
 from benchmarks.common import diff_counts, sdiag_counts
-from stepup.queue.joblog import FORMAT_LINE, read_log
+from stepup.queue.joblog import FORMAT_LINE, append_record, read_log
 
 SIMPLE_PLAN = """
 static("job/", "job/slurmjob.sh")
@@ -341,3 +342,34 @@ def test_many_jobs_share_one_query(workflow: Workflow, tmp_path):
     assert 1 <= len(queries) <= elapsed / 3 + 1
     # As root, each squeue call is one REQUEST_JOB_INFO (an ordinary user's: JOB_USER_INFO).
     assert rpcs.get("REQUEST_JOB_INFO", 0) + rpcs.get("REQUEST_JOB_USER_INFO", 0) == len(queries)
+
+
+def test_stale_exit_code_never_taken_for_a_new_submission(workflow: Workflow):
+    """A crash between the Submitting record and the new job must not revive an old exit code.
+
+    The log is left as a kill right after the Submitting record leaves it, next to the
+    slurmjob.ret of the previous job: the new job's own exit code must decide the step.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    # code.txt is no input of the step: only the job reads it.
+    (workflow.root / "job").makedirs_p()
+    (workflow.root / "job/code.txt").write_text("0\n")
+    workflow.job("job", "#!/usr/bin/env bash\nsleep 2\nexit $(cat code.txt)\n")
+    assert workflow.boot().returncode == 0
+    job = workflow.root / "job"
+    assert (job / "slurmjob.ret").read_text().strip() == "0"
+    digest = read_log(job / "slurmjob.log").digest
+    token = f"stepup-queue-{os.urandom(8).hex()}"
+    (job / "slurmjob.log").write_text(f"{FORMAT_LINE}\n{digest}\n")
+    append_record(job / "slurmjob.log", f"Submitting {token}")
+    (job / "code.txt").write_text("3\n")
+    # An output of the step is gone, so that StepUp runs it again.
+    (job / "slurmjob.out").remove()
+    result = workflow.boot()
+    assert result.returncode & FAILED_RC, result.stdout
+    assert "ended with exit code 3" in result.stdout
+    assert (job / "slurmjob.ret").read_text().strip() == "3"
+    records = workflow.final_jobs(2)
+    assert len(records) == 2
+    assert records[-1]["JobIDRaw"] == str(read_log(job / "slurmjob.log").job_id)
+    assert records[-1]["ExitCode"] == "3:0"

@@ -166,10 +166,10 @@ def _submit_once(
                 continue
         if token is None:
             token = f"stepup-queue-{secrets.token_hex(8)}"
-            # An exit code left by an earlier job must not be taken for this job's.
-            Path(RET_NAME).write_text("")
             since = append_record(joblog.path, f"Submitting {token}")
         lookup = True
+        # An exit code left by an earlier job must never be taken for this submission's.
+        Path(RET_NAME).write_text("")
         result = submit(wrapper, rc=rc, token=token, timeout=config.command_timeout, env=env)
         if result.returncode == 0:
             lines = result.stdout.strip().splitlines()
