@@ -246,16 +246,19 @@ class Workflow:
         wait_for(ready, 60, "sacct to record the end of the jobs")
         return self.jobs()
 
-    def step_digest(self, folder: str) -> str:
+    def step_digest(self, folder: str, *, keep: bool = False) -> str:
         """The input digest of the sbatch step of a job folder, as StepUp computes it.
 
-        A log with a placeholder digest makes the step fail (nothing is submitted) with a
-        message that shows the step's real digest; the placeholder log is removed again.
+        The log of a job submitted with a placeholder digest makes the step fail before SLURM
+        is asked (nothing is submitted) with a message that shows the step's real digest.
+        The placeholder log is removed again, unless `keep`.
         """
         log = self.root / folder / "slurmjob.log"
-        log.write_text(f"{FORMAT_LINE}\nPLACEHOLDER\n")
+        log.write_text(f"{FORMAT_LINE}\nPLACEHOLDER\n2026-01-01T00:00:00.000000 Submitted 1\n")
         result = self.boot()
-        log.remove()
+        assert result.returncode != 0, result.stdout
+        if not keep:
+            log.remove()
         return result.stdout.split("digest of the step:")[1].split()[0]
 
     def log(self, folder: str) -> str:

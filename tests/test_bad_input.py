@@ -469,14 +469,13 @@ def test_corrupt_log_named_with_full_path(workflow: Workflow):
 
 def _learn_digest(workflow: Workflow) -> str:
     """Boot once with a log of another digest: the error tells the digest of the step."""
-    log = workflow.root / "job/slurmjob.log"
-    log.write_text(f"{FORMAT_LINE}\n{OTHER_DIGEST}\n")
     before = snapshot(workflow.root / "job")
-    result = workflow.boot()
-    assert result.returncode != 0
+    digest = workflow.step_digest("job", keep=True)
     # Even this first boot submits nothing and leaves the log alone.
-    assert snapshot(workflow.root / "job") == before
-    return result.stdout.split("digest of the step:")[1].split()[0]
+    after = snapshot(workflow.root / "job")
+    assert after.pop("slurmjob.log")[0].startswith(b"StepUp Queue sbatch wait log format")
+    assert after == before
+    return digest
 
 
 def test_corrupt_log_with_matching_digest(workflow: Workflow):
@@ -516,17 +515,19 @@ def test_corrupt_log_with_matching_digest(workflow: Workflow):
 
 
 def test_log_of_other_inputs_is_kept(workflow: Workflow):
-    """A log with another digest and no Submitted record: refused, with both digests shown."""
+    """A log of a job submitted with other inputs: refused, with both digests shown."""
     workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\necho hi\n")
-    (workflow.root / "job/slurmjob.log").write_text(f"{FORMAT_LINE}\n{OTHER_DIGEST}\n")
+    (workflow.root / "job/slurmjob.log").write_text(
+        f"{FORMAT_LINE}\n{OTHER_DIGEST}\n{_record('Submitted 12')}"
+    )
     before = snapshot(workflow.root / "job")
     result = workflow.boot()
     assert_rejected(
         workflow,
         result,
         before,
-        "The inputs of this step changed since a job was submitted from "
+        "The inputs of this step changed since job 12 was submitted from "
         f"{job_file(workflow, 'slurmjob.log')}.",
         f"digest in the log:  {OTHER_DIGEST}",
         "digest of the step: ",
@@ -541,7 +542,9 @@ def test_job_errors_without_traceback(workflow: Workflow, case: str):
     workflow.job("job", "#!/usr/bin/env bash\necho hi\n")
     if case == "other-digest":
         workflow.plan(SIMPLE_PLAN)
-        (workflow.root / "job/slurmjob.log").write_text(f"{FORMAT_LINE}\n{OTHER_DIGEST}\n")
+        (workflow.root / "job/slurmjob.log").write_text(
+            f"{FORMAT_LINE}\n{OTHER_DIGEST}\n{_record('Submitted 12')}"
+        )
         expected = "Error: The inputs of this step changed"
     else:
         workflow.plan("""

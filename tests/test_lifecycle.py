@@ -373,3 +373,27 @@ def test_stale_exit_code_never_taken_for_a_new_submission(workflow: Workflow):
     assert len(records) == 2
     assert records[-1]["JobIDRaw"] == str(read_log(job / "slurmjob.log").job_id)
     assert records[-1]["ExitCode"] == "3:0"
+
+
+def test_fixed_script_after_refused_submission(workflow: Workflow):
+    """sbatch refused the job for good; once the script is fixed, the next run submits it.
+
+    The refused attempt leaves a Submitting record and the fix changes the step's inputs:
+    SLURM is certain that no job carries the token, so the log starts afresh instead of
+    asking the user to remove a log that the tools do not remove.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\n#SBATCH -p nosuch\necho fixed\n")
+    result = workflow.boot()
+    assert result.returncode & FAILED_RC, result.stdout
+    assert "Could not submit" in result.stdout
+    assert "invalid partition" in result.stdout.lower()
+    log = read_log(workflow.root / "job/slurmjob.log")
+    assert (log.token, log.job_id) != (None, None)
+    workflow.job("job", "#!/usr/bin/env bash\necho fixed\n")
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    assert "no job was submitted with the old inputs" in result.stdout
+    assert (workflow.root / "job/slurmjob.out").read_text() == "fixed\n"
+    (record,) = workflow.final_jobs(1)
+    assert record["JobIDRaw"] == str(read_log(workflow.root / "job/slurmjob.log").job_id)

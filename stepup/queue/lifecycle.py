@@ -105,25 +105,9 @@ def _on_cluster(joblog: JobLog) -> str:
 def _inputs_changed(
     joblog: JobLog, digest: str, config: Config, script: JobScript
 ) -> JobLog | None:
-    what = f"job {joblog.job_id}" if joblog.job_id is not None else "a job"
-    if config.onchange is OnChange.IGNORE:
-        print(f"Inputs changed since {what} was submitted; still waiting for it (onchange=ignore)")
-        return joblog
-    if config.onchange is OnChange.RAISE:
-        raise JobError(
-            f"The inputs of this step changed since {what} was submitted from {joblog.path}.\n"
-            f"  digest in the log:  {joblog.digest}\n"
-            f"  digest of the step: {digest}\n"
-            "To run the job again with the new inputs, either cancel the old job if needed "
-            "(stepup canceljobs) and remove its log (stepup removejobs --all --commit), "
-            "or set STEPUP_QUEUE_ONCHANGE=resubmit to cancel and resubmit automatically "
-            "(STEPUP_QUEUE_ONCHANGE=ignore keeps waiting for the old job). "
-            "The older STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS=yes means the same as resubmit; "
-            "when both are set, STEPUP_QUEUE_ONCHANGE wins."
-        )
     job_id, cluster = joblog.job_id, joblog.cluster
     if job_id is None and joblog.submitting_time is not None:
-        # Submitted with the old inputs, but killed before the Submitted record.
+        # A submission with the old inputs that was interrupted or refused: did it reach SLURM?
         certain, job_id = find_by_token(
             joblog.token, script.clusters, joblog.submitting_time, config
         )
@@ -135,7 +119,27 @@ def _inputs_changed(
                 "be cancelled. Run the workflow again when SLURM answers."
             )
         cluster = script.cluster
-    if job_id is not None and not joblog.done:
+    if job_id is None:
+        # Nothing to cancel or wait for: a fresh log, with no question to the user.
+        print("Inputs changed; no job was submitted with the old inputs: submitting afresh")
+        return None
+    if config.onchange is OnChange.IGNORE:
+        print(f"Inputs changed since job {job_id} was submitted; still waiting for it (ignore)")
+        return joblog
+    if config.onchange is OnChange.RAISE:
+        raise JobError(
+            f"The inputs of this step changed since job {job_id} was submitted from "
+            f"{joblog.path}.\n"
+            f"  digest in the log:  {joblog.digest}\n"
+            f"  digest of the step: {digest}\n"
+            "To run the job again with the new inputs, either cancel the old job if needed "
+            "(stepup canceljobs) and remove its log (stepup removejobs --all --commit), "
+            "or set STEPUP_QUEUE_ONCHANGE=resubmit to cancel and resubmit automatically "
+            "(STEPUP_QUEUE_ONCHANGE=ignore keeps waiting for the old job). "
+            "The older STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS=yes means the same as resubmit; "
+            "when both are set, STEPUP_QUEUE_ONCHANGE wins."
+        )
+    if not joblog.done:
         for result in cancel([job_id], cluster, config.command_timeout):
             if result.returncode != 0:
                 raise JobError(f"Could not cancel the old job {job_id}: {result.describe()}")
