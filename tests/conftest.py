@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from path import Path
@@ -125,6 +125,28 @@ class Workflow:
         if self.host < 4:
             return f"sbatch{args}  # wd={folder.rstrip('/')}/"
         return f"sq-sbatch-and-wait{args}  # wd={folder.rstrip('/')}"
+
+    def using(self, bindir: Path, host: int, env: dict[str, str] | None = None) -> "Workflow":
+        """The same workflow folder, run by the StepUp and StepUp Queue of another venv.
+
+        Parameters
+        ----------
+        bindir
+            The venv's bin folder, put first on PATH: its `stepup`, its Python (plan.py then
+            imports the venv's `stepup.queue.api`) and, on StepUp 4, its `sq-sbatch-and-wait`
+            (which StepUp finds on PATH) are the ones that run.
+        host
+            The major version of the venv's StepUp Core.
+        env
+            Extra environment variables for the workflows of this venv.
+
+        Returns
+        -------
+        workflow
+            A workflow for the same folder, whose boot() and popen() run that venv's stepup.
+        """
+        path = f"{bindir}:{self.env['PATH']}"
+        return replace(self, env=self.env | (env or {}) | {"PATH": path}, host=host)
 
     @property
     def plan_label(self) -> str:

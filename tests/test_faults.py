@@ -15,7 +15,7 @@ import pytest
 from conftest import Workflow, scontrol_state, wait_for
 from path import Path
 
-from stepup.queue.joblog import JobLog, read_log
+from stepup.queue.joblog import FORMAT_LINE, JobLog, append_record, read_log
 
 TOOLS = Path(__file__).parent.parent / "tools"
 SLURM_RUN = Path("/var/lib/stepup-queue-slurm/run")
@@ -561,3 +561,59 @@ def test_node_failure(workflow: Workflow, restore_slurm):
     assert proc.returncode != 0
     assert f"Job {job_id} ended without an exit code" in output
     assert "Last state reported by SLURM: NODE_FAIL" in output
+
+
+@pytest.mark.disruptive
+def test_exactly_once_with_user_time_format(
+    workflow: Workflow, tmp_path, accounting_without_comments
+):
+    """As test_exactly_once_without_comments_in_accounting, restarted with the user's
+    SLURM_TIME_FORMAT=relative.
+
+    That setting makes sacct print the submission time as `12:58:32`, which the lookup by
+    folder and time must not see. A fake `sbatch` on PATH kills its caller right after the
+    real sbatch, as in test_exactly_once_when_killed_during_submission.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho once\n")
+    log = kill_during_submission(workflow, Path(tmp_path) / "bin", "after_sbatch").path
+    (record,) = workflow.final_jobs(1)
+    job_id = int(record["JobIDRaw"])
+    wait_for(lambda: scontrol_state(job_id) is None, 180, "SLURM to purge the job")
+    result = workflow.boot(env={"SLURM_TIME_FORMAT": "relative"})
+    assert result.returncode == 0, result.stdout
+    assert read_log(log).job_id == job_id
+    assert [r["JobIDRaw"] for r in workflow.final_jobs(1)] == [str(job_id)]
+    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
+
+
+@pytest.mark.parametrize("time_format", ["relative", "%a %T"])
+def test_bare_submitting_record_with_user_time_format(workflow: Workflow, time_format):
+    """A 2.x log killed before its Submitted record, restarted after the job left squeue.
+
+    The job has no comment (2.x gave none), so sacct's folder and submission time tell it,
+    also when the user's SLURM_TIME_FORMAT changes how sacct prints that time.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho once\n")
+    job = workflow.root / "job"
+    digest = workflow.step_digest("job")
+    log = job / "slurmjob.log"
+    log.write_text(f"{FORMAT_LINE}\n{digest}\n")
+    append_record(log, "Submitting")
+    # What 2.x submitted: a wrapper that writes slurmjob.ret, without comment.
+    out = subprocess.run(
+        ["sbatch", "--parsable", "-o", "slurmjob.out", "-e", "slurmjob.err"],
+        input="#!/usr/bin/env bash\n./slurmjob.sh\necho $? > slurmjob.ret\n",
+        cwd=job,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    job_id = int(out)
+    wait_for(lambda: scontrol_state(job_id) is None, 300, "SLURM to purge the job")
+    result = workflow.boot(env={"SLURM_TIME_FORMAT": time_format})
+    assert result.returncode == 0, result.stdout
+    assert read_log(log).job_id == job_id
+    assert [r["JobIDRaw"] for r in workflow.final_jobs(1)] == [str(job_id)]
+    assert (job / "slurmjob.out").read_text() == "once\n"

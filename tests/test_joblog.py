@@ -148,7 +148,8 @@ def test_read_log_every_final_state_is_done(tmp_path):
             )
         )
         assert joblog.done, state
-    for state in ["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED"]:
+    not_final = ["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED"]
+    for state in [*not_final, "SPECIAL_EXIT", "REQUEUE_HOLD"]:
         joblog = read_log(
             write_log(
                 tmp_path,

@@ -1,5 +1,7 @@
 """Tests of the search shared by `stepup canceljobs` and `stepup removejobs`."""
 
+import os
+
 import pytest
 from conftest import JobTools
 from path import Path
@@ -80,7 +82,15 @@ def test_active():
     assert found(live="PENDING").active is True
     assert found(live="COMPLETING").active is True
     assert found(live="COMPLETED").active is False
-    assert found(live=None).active is False
+    # Not listed by squeue: only sacct or the log can confirm that the job ended.
+    assert found(live=None).active is None
+    assert found("COMPLETED", live=None).active is False
+    assert found(ret=0, live=None).active is False
+    job = found(live=None)
+    job.account = {"State": "CANCELLED", "Submit": "", "User": "root", "WorkDir": ""}
+    assert job.active is False
+    job.account["State"] = "RUNNING"
+    assert job.active is True
     job = found("RUNNING")
     job.asked = False
     assert job.active is None
@@ -140,5 +150,30 @@ def test_ask_slurm_one_squeue_per_cluster(jobtools: JobTools, monkeypatch):
     assert by_id[held].active is True
     assert by_id[clustered].live == "PENDING"
     assert by_id[999999999].asked
-    assert by_id[999999999].active is False
+    # Neither squeue nor sacct knows it: its end is not confirmed.
+    assert by_id[999999999].account is None
+    assert by_id[999999999].active is None
     assert by_id[5].active is None
+
+
+def test_unreadable_folder_is_reported(tmp_path):
+    """A folder that cannot be read is reported, not skipped in silence.
+
+    The tests run as root, who may read every folder: a path longer than PATH_MAX is a real
+    folder that the file system refuses to open all the same.
+    """
+    root = Path(tmp_path) / "root"
+    write_log(root / "ok", "Submitted 12")
+    fd = os.open(root, os.O_RDONLY)
+    for depth in range(20):
+        name = f"{depth:02d}" + "x" * 240
+        os.mkdir(name, dir_fd=fd)
+        deeper = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.close(fd)
+    jobs, errors = find_jobs([root])
+    assert [job.job_id for job in jobs] == [12]
+    (error,) = errors
+    assert error.startswith(f"Skipped {root / ('00' + 'x' * 240)}/")
+    assert error.endswith(": cannot read this folder (File name too long).")

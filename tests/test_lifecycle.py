@@ -1,14 +1,18 @@
 """End-to-end behaviour of the sbatch step: real `stepup boot` on the real local SLURM."""
 
+import fcntl
 import os
 import subprocess
 import time
 
 import pytest
 from conftest import FAILED_RC, Workflow, scontrol_state, wait_for
+from path import Path
 
 from benchmarks.common import diff_counts, sdiag_counts
+from stepup.queue.config import Config
 from stepup.queue.joblog import FORMAT_LINE, append_record, read_log
+from stepup.queue.scheduler import StateCache
 
 SIMPLE_PLAN = """
 static("job/", "job/slurmjob.sh")
@@ -302,7 +306,9 @@ def test_resume_log_written_by_1_0_2(workflow: Workflow):
         check=True,
     ).stdout.strip()
     log = job / "slurmjob.log"
-    log.write_text(f"{FORMAT_LINE}\n{digest}\n2026-01-01T00:00:00 Submitted {out}\n")
+    # 1.0.2's time stamps have no microseconds when they are zero.
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    log.write_text(f"{FORMAT_LINE}\n{digest}\n{stamp} Submitted {out}\n")
     result = workflow.boot()
     assert result.returncode == 0, result.stdout
     assert (job / "slurmjob.out").read_text() == "old style\n"
@@ -389,7 +395,8 @@ def test_fixed_script_after_refused_submission(workflow: Workflow):
     assert "Could not submit" in result.stdout
     assert "invalid partition" in result.stdout.lower()
     log = read_log(workflow.root / "job/slurmjob.log")
-    assert (log.token, log.job_id) != (None, None)
+    assert log.token is not None
+    assert log.job_id is None
     workflow.job("job", "#!/usr/bin/env bash\necho fixed\n")
     result = workflow.boot()
     assert result.returncode == 0, result.stdout
@@ -397,3 +404,194 @@ def test_fixed_script_after_refused_submission(workflow: Workflow):
     assert (workflow.root / "job/slurmjob.out").read_text() == "fixed\n"
     (record,) = workflow.final_jobs(1)
     assert record["JobIDRaw"] == str(read_log(workflow.root / "job/slurmjob.log").job_id)
+
+
+def logged(workflow: Workflow, bindir: Path, calls: Path, *commands: str) -> dict[str, str]:
+    """Wrappers first on PATH that log each call of the commands and run the real ones."""
+    bindir.makedirs_p()
+    for command in commands:
+        wrapper = bindir / command
+        wrapper.write_text(
+            f'#!/bin/sh\necho "{command} $*" >> {calls}\nexec /usr/bin/{command} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+    return {"PATH": f"{bindir}:{workflow.env['PATH']}"}
+
+
+USER_SETTINGS = [{"SQUEUE_PARTITION": "nosuch"}, {"SQUEUE_NAMES": "other"}]
+
+
+@pytest.mark.parametrize("settings", USER_SETTINGS, ids="".join)
+def test_user_slurm_settings_do_not_hide_the_job(workflow: Workflow, tmp_path, settings):
+    """SQUEUE_* and SLURM_TIME_FORMAT from the user's shell change nothing of the waiting.
+
+    They filter what `squeue --me` lists: the job would seem gone from squeue at every look and
+    every step would ask the accounting database instead. Wrappers on PATH log each call of
+    squeue and sacct and run the real ones.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\nsleep 5\necho done\n")
+    calls = Path(tmp_path) / "calls.txt"
+    env = logged(workflow, Path(tmp_path) / "bin", calls, "squeue", "sacct")
+    result = workflow.boot(env=env | settings | {"SLURM_TIME_FORMAT": "relative"})
+    assert result.returncode == 0, result.stdout
+    assert (workflow.root / "job/slurmjob.out").read_text() == "done\n"
+    assert "RUNNING" in workflow.log("job")
+    queries = calls.read_text().splitlines()
+    assert any(line.startswith("squeue") for line in queries)
+    assert not any(line.startswith("sacct") for line in queries)
+    assert len(workflow.final_jobs(1)) == 1
+
+
+@pytest.mark.parametrize("settings", USER_SETTINGS, ids="".join)
+def test_canceljobs_with_user_squeue_settings(workflow: Workflow, settings):
+    """`stepup canceljobs` cancels a running job also when the user's SQUEUE_* hide it."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\nsleep 300\n")
+    proc = workflow.popen()
+    log_path = workflow.root / "job/slurmjob.log"
+    wait_for(lambda: log_path.exists() and "Submitted" in log_path.read_text(), 60, "submission")
+    job_id = read_log(log_path).job_id
+    try:
+        result = subprocess.run(
+            ["stepup", "canceljobs"],
+            cwd=workflow.root,
+            env=workflow.env | settings | {"SLURM_TIME_FORMAT": "relative"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            workflow.kill(proc)
+    assert proc.returncode != 0
+    assert "Last state reported by SLURM: CANCELLED" in output
+    (record,) = workflow.final_jobs(1)
+    assert record["JobIDRaw"] == str(job_id)
+    assert record["State"].startswith("CANCELLED")
+
+
+def test_rc_that_changes_folder(workflow: Workflow):
+    """An rc that changes folder does not move the job: sbatch runs in the job folder."""
+    workflow.plan("""
+        static("job/", "job/slurmjob.sh")
+        sbatch("job/", rc="cd ..")
+    """)
+    workflow.job("job", "#!/usr/bin/env bash\npwd\n")
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    job = workflow.root / "job"
+    assert (job / "slurmjob.out").read_text() == f"{job}\n"
+    assert (job / "slurmjob.ret").read_text() == "0\n"
+    assert not (workflow.root / "slurmjob.out").exists()
+    assert not (workflow.root / "slurmjob.ret").exists()
+    (record,) = workflow.final_jobs(1)
+    assert record["WorkDir"] == job
+
+
+def test_cache_lock_held_by_a_stopped_process(workflow: Workflow):
+    """Another process holds the lock of the shared cache for ever, e.g. stopped with Ctrl-Z.
+
+    The step waits for the lock at most the command timeout, then asks SLURM without it.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\nsleep 4\necho done\n")
+    env = {"STEPUP_SBATCH_COMMAND_TIMEOUT": "5", "STEPUP_SBATCH_DEBUG": "yes"}
+    # The cache file of the default cluster, found as a step finds it.
+    cache = StateCache(Config.from_environ(workflow.env | env), None)
+    cache.snapshot()
+    cache.path.remove()
+    holder = subprocess.Popen(["flock", cache.path + ".lock", "sleep", "600"])
+    try:
+        wait_for(lambda: not _lock_free(cache.path + ".lock"), 10, "flock to take the lock")
+        start = time.monotonic()
+        result = workflow.boot(env=env, timeout=90)
+        elapsed = time.monotonic() - start
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 0, result.stdout
+    assert (workflow.root / "job/slurmjob.out").read_text() == "done\n"
+    assert "without the lock" in result.stdout
+    assert elapsed < 60
+
+
+def _lock_free(path: Path) -> bool:
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
+
+
+def test_job_runs_a_workflow_of_its_own(workflow: Workflow):
+    """A job that runs StepUp in a sub-folder is not steered by the workflow that submitted it.
+
+    The job inherits the step's environment (sbatch exports it), but not the variables by
+    which StepUp steers a step (director socket, root, step digest, ...).
+    """
+    workflow.plan("""
+        static("job/", "job/slurmjob.sh", "job/inner/", "job/inner/plan.py")
+        sbatch("job/", out="inner/inner.txt")
+    """)
+    inner = workflow.root / "job/inner"
+    inner.makedirs_p()
+    if workflow.host < 4:
+        body = 'from stepup.core.api import runsh\nrunsh("echo inner > inner.txt", out="inner.txt")'
+    else:
+        body = 'from stepup.core.api import run\nrun("echo inner > inner.txt", out="inner.txt", '
+        body += "shell=True)"
+    (inner / "plan.py").write_text(f"#!/usr/bin/env python3\n{body}\n")
+    (inner / "plan.py").chmod(0o755)
+    command = " ".join(workflow.command("--no-progress"))
+    workflow.job(
+        "job",
+        f"""
+        #!/usr/bin/env bash
+        env | grep -E '^(STEPUP_|ROOT=|HERE=)' | sort > env.txt
+        cd inner
+        {command} < /dev/null
+        """,
+    )
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout + (workflow.root / "job/slurmjob.out").read_text()
+    assert (inner / "inner.txt").read_text() == "inner\n"
+    names = {line.split("=", 1)[0] for line in (workflow.root / "job/env.txt").read_text().split()}
+    assert "STEPUP_DIRECTOR_SOCKET" not in names
+    assert "STEPUP_STEP_INP_DIGEST" not in names
+    assert "STEPUP_ROOT" not in names
+    assert {"ROOT", "HERE", "STEPUP_SBATCH_CACHE_TIMEOUT"} <= names
+
+
+def test_reused_job_id_is_not_waited_for(workflow: Workflow):
+    """A log whose job id SLURM now gives to another job (ids are reused): no wait, no cancel.
+
+    The job in `other/` still runs; the log in `job/` names its id as if `job/` had submitted
+    it an hour ago, as a log from before a reinstall of SLURM would.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho mine\n")
+    digest = workflow.step_digest("job")
+    other = workflow.root / "other"
+    other.makedirs_p()
+    job_id = subprocess.run(
+        ["sbatch", "--parsable", "--wrap", "sleep 30"],
+        cwd=other,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    wait_for(lambda: len(workflow.jobs()) == 1, 60, "sacct to list the other job")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 3600))
+    log = workflow.root / "job/slurmjob.log"
+    log.write_text(f"{FORMAT_LINE}\n{digest}\n{stamp}.000000 Submitted {job_id}\n")
+    result = workflow.boot()
+    assert result.returncode & FAILED_RC, result.stdout
+    assert f"records job {job_id}, but SLURM's job {job_id} ran in {other}" in result.stdout
+    assert "the id was reused" in result.stdout
+    assert scontrol_state(int(job_id)) in ("PENDING", "RUNNING")
+    assert read_log(log).states == []

@@ -6,6 +6,7 @@ import pytest
 from conftest import JobTools, scontrol_state, wait_for
 from path import Path
 from test_canceljobs import snapshot, table
+from test_jobsearch import write_log
 
 from stepup.queue.joblog import read_log
 
@@ -198,3 +199,65 @@ def test_interrupted_submission_found_by_token(jobtools: JobTools):
     ]
     assert not (root / "cancelled/slurmjob.log").exists()
     assert (root / "held/slurmjob.log").exists()
+
+
+def test_unconfirmed_and_strange_jobs_are_kept(jobtools: JobTools, tmp_path):
+    """Files stay where SLURM cannot confirm that the log's own job ended.
+
+    - `unknown`: a job id that neither squeue nor sacct knows;
+    - `nobody`: a pending job of another user (squeue --me does not list it);
+    - `reused`: a log naming the id of a job that ran in another folder (ids are reused).
+    Next to them, a job of this user that ended, which squeue no longer lists but sacct does,
+    is removed.
+    """
+    wf = jobtools.workflow
+    ended = jobtools.submit("ended", hold=False, command="true")
+    write_log(wf.root / "unknown", "Submitted 999999999")
+    reused_folder = wf.root / "reused"
+    write_log(reused_folder, f"Submitted {ended}")
+    nobody = wf.root / "nobody"
+    nobody.makedirs_p()
+    nobody.chmod(0o777)
+    Path(tmp_path).chmod(0o755)
+    wf.root.chmod(0o755)
+    other = subprocess.run(
+        ["su", "-s", "/bin/sh", "nobody", "-c", "sbatch --parsable --hold --wrap 'sleep 300'"],
+        cwd=nobody,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        write_log(nobody, f"Submitted {other}")
+        wait_for(lambda: scontrol_state(ended) is None, 180, "SLURM to forget the ended job")
+        wait_for(lambda: sacct_user(other) == "nobody", 60, "sacct to list the other job")
+        # An exit code is proof that a job ended, but not that it is the log's own job.
+        for folder in "ended", "reused", "nobody":
+            (wf.root / folder / "slurmjob.ret").write_text("1\n")
+        result = jobtools.run("removejobs", "--commit")
+        rows = notes(table(result.stdout))
+        assert rows["ended"] == ("removed", "exit code 1"), result.stdout
+        assert rows["unknown"][0] == "keep"
+        assert "neither squeue nor sacct knows it" in rows["unknown"][1]
+        assert rows["nobody"] == ("keep", "job of user nobody: not touched")
+        assert rows["reused"][0] == "keep"
+        assert f"ran in {wf.root / 'ended'}: the id was reused" in rows["reused"][1]
+        for folder in "unknown", "reused", "nobody":
+            assert (wf.root / folder / "slurmjob.log").exists()
+        assert not (wf.root / "ended/slurmjob.log").exists()
+        # canceljobs leaves the other user's pending job alone.
+        result = jobtools.run("canceljobs", "nobody")
+        assert result.returncode == 0, result.stderr
+        assert "job of user nobody: not touched" in result.stdout
+        assert scontrol_state(int(other)) == "PENDING"
+    finally:
+        subprocess.run(["scancel", other], check=False)
+
+
+def sacct_user(job_id: str) -> str:
+    result = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-a", "-j", job_id, "-o", "User"],
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout.strip()

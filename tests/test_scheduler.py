@@ -4,11 +4,14 @@ The parsers are fed with output captured from the real SLURM 22.05 of the local 
 see `tests/data/README.md`.
 """
 
+import fcntl
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import textwrap
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -85,15 +88,27 @@ def test_parse_squeue_skips_what_is_not_a_plain_job():
         "JOBID|STATE|COMMENT",
         "12_3|PENDING|(null)",
         "12_[4-9]|PENDING|(null)",
-        "15+0|RUNNING|(null)",
         "16|RUNNING",
         "17|RUNNING|with|bars",
         "  18|COMPLETING|  ",
         "19|PENDING|",
+        "20+x|PENDING|",
     ]
     states, comments = parse_squeue("\n".join(lines) + "\n")
     assert states == {17: "RUNNING", 18: "COMPLETING", 19: "PENDING"}
     assert comments == {17: "with|bars"}
+
+
+def test_parse_squeue_heterogeneous_job():
+    """Captured for `sbatch --hold -n1 : -n1 het.sh` (job 6666), then with made-up states."""
+    assert parse_squeue("6666+1|PENDING|(null)\n6666+0|PENDING|(null)\n") == (
+        {6666: "PENDING"},
+        {},
+    )
+    # One component that has not ended keeps the job alive, in either order.
+    for lines in ["7+0|COMPLETED|\n7+1|RUNNING|\n", "7+0|RUNNING|\n7+1|COMPLETED|\n"]:
+        assert parse_squeue(lines)[0] == {7: "RUNNING"}
+    assert parse_squeue("7+0|COMPLETED|\n7+1|FAILED|\n")[0] == {7: "FAILED"}
 
 
 def test_parse_squeue_empty():
@@ -496,12 +511,13 @@ def check_cache_file(path: Path, since: datetime):
 def test_state_cache_paths_and_commands(tmp_path):
     folder = Path(tmp_path) / "cache"
     config = Config(cache_dir=folder)
-    assert StateCache(config, None).path == folder / "squeue_me.out"
+    # The default cluster's file is named once SLURM told its name, see locate().
+    assert StateCache(config, None).path is None
     assert StateCache(config, "c1").path == folder / "squeue_me.c1.out"
     assert StateCache(config, "c1").command() == squeue_command("c1")
     config = Config(cache_dir=folder, query=QueryMethod.SCONTROL)
-    # The file names StepUp Queue 1.0.2 uses for its scontrol cache.
-    assert StateCache(config, None).path == folder / "sbatch_wait.out"
+    # The file names StepUp Queue 1.0.2 uses for its scontrol cache of another cluster.
+    assert StateCache(config, None).path is None
     assert StateCache(config, "c1").path == folder / "sbatch_wait.c1.out"
     assert StateCache(config, None).command() == ["scontrol", "show", "job"]
     assert StateCache(config, "c1").command() == ["scontrol", "show", "job", "--cluster=c1"]
@@ -518,7 +534,9 @@ def test_state_cache_queries_once_within_timeout(slurm, tmp_path, logged_squeue)
     assert second == first
     _, _, output = check_cache_file(cache.path, before)
     assert parse_squeue(output) == (first.states, first.comments)
-    assert (Path(tmp_path) / "cache" / "squeue_me.out.lock").is_file()
+    # Named after the ClusterName of the local SLURM.
+    assert cache.path == Path(tmp_path) / "cache" / "squeue_me.default.localcluster.out"
+    assert (cache.path + ".lock").is_file()
 
 
 def test_state_cache_with_cluster(slurm, tmp_path, logged_squeue):
@@ -549,6 +567,7 @@ RECOVERED = CORRUPT_CACHES | {
 def test_state_cache_recovers_from_bad_cache_file(slurm, tmp_path, logged_squeue, text):
     config = Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=3600)
     cache = StateCache(config, None)
+    assert cache.locate() is None
     cache.path.parent.makedirs_p()
     cache.path.write_text(text)
     before = datetime.now()
@@ -683,14 +702,14 @@ def test_state_cache_scontrol(tmp_path, fakebin):
 def test_state_cache_scontrol_no_jobs(tmp_path, fakebin):
     fakebin("scontrol", 'echo "No jobs in the system"\n')
     config = Config(cache_dir=Path(tmp_path) / "cache", query=QueryMethod.SCONTROL)
-    snapshot = StateCache(config, None).snapshot()
+    snapshot = StateCache(config, "localcluster").snapshot()
     assert snapshot.ok
     assert snapshot.states == {}
 
 
 def test_check_writable(tmp_path):
     StateCache(Config(cache_dir=Path(tmp_path) / "a" / "b"), None).check_writable()
-    assert (Path(tmp_path) / "a" / "b" / "squeue_me.out.lock").is_file()
+    assert os.listdir(Path(tmp_path) / "a" / "b") == []
     blocker = Path(tmp_path) / "file"
     blocker.write_text("")
     with pytest.raises(ConfigError) as excinfo:
@@ -719,3 +738,267 @@ def test_state_cache_two_hundred_processes_query_once(slurm, tmp_path, logged_sq
         process.join()
     assert answers == [True] * 200
     assert logged_squeue.read_text() == "--me -t all -h -o %i|%T|%k\n"
+
+
+# The user's SLURM settings (input environment variables) do not change what is parsed
+
+USER_SETTINGS = {
+    "SQUEUE_NAMES": "other",
+    "SQUEUE_PARTITION": "nosuch",
+    "SQUEUE_USERS": "nobody",
+    "SLURM_TIME_FORMAT": "%a %T",
+    "SCANCEL_STATE": "RUNNING",
+    "SCONTROL_FUTURE": "1",
+}
+
+
+def cancel_tagged(token: str, env: dict[str, str]):
+    """Clean up: cancel the jobs whose comment is `token`, in an environment without settings."""
+    listed = subprocess.run(
+        ["squeue", "--me", "-h", "-o", "%i|%k"], env=env, capture_output=True, text=True
+    ).stdout
+    ids = [line.split("|")[0] for line in listed.splitlines() if line.endswith(f"|{token}")]
+    if ids:
+        subprocess.run(["scancel", *ids], env=env, check=False)
+
+
+def test_queries_ignore_the_user_slurm_settings(slurm, tmp_path, monkeypatch):
+    """squeue, sacct, scontrol and scancel see the same job as without the user's settings."""
+    clean = dict(os.environ)
+    token = "stepup-queue-" + os.urandom(8).hex()
+    job_id = int(
+        subprocess.run(
+            ["sbatch", "--parsable", "--hold", f"--comment={token}", "-o", "/dev/null"],
+            input="#!/bin/sh\ntrue\n",
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    for name, value in USER_SETTINGS.items():
+        monkeypatch.setenv(name, value)
+    try:
+        squeue = run_command(squeue_command(None), timeout=20)
+        states, comments = parse_squeue(squeue.stdout)
+        assert (states[job_id], comments[job_id]) == ("PENDING", token)
+        wait_for(lambda: sacct_state(job_id, None, 20) == "PENDING", 60, "sacct to list it")
+        args = ["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "JobIDRaw,Submit"]
+        submit_time = parse_sacct(run_command(args, timeout=20).stdout, ("JobIDRaw", "Submit"))
+        assert abs(datetime.fromisoformat(submit_time[job_id]["Submit"]) - datetime.now()) < (
+            timedelta(minutes=2)
+        )
+        scontrol = run_command(["scontrol", "show", "job", str(job_id)], timeout=20).stdout
+        assert re.search(r"\bSubmitTime=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\b", scontrol)
+        # scancel -t RUNNING would leave this pending job alone.
+        (result,) = cancel([job_id], None, timeout=20)
+        assert result.returncode == 0, result.describe()
+        assert scontrol_state(job_id) == "CANCELLED"
+    finally:
+        cancel_tagged(token, clean)
+
+
+def test_sbatch_keeps_the_user_job_options(slurm, tmp_path, monkeypatch):
+    """sbatch gets the user's SBATCH_* job options, but SBATCH_WAIT would make it wait."""
+    monkeypatch.chdir(tmp_path)
+    env = dict(os.environ) | {"SBATCH_JOB_NAME": "from-user", "SBATCH_WAIT": "1"}
+    env |= {"SQUEUE_NAMES": "other", "SLURM_TIME_FORMAT": "relative"}
+    token = "stepup-queue-" + os.urandom(8).hex()
+    start = time.monotonic()
+    try:
+        result = submit(
+            "#!/bin/bash\n#SBATCH --hold\ntrue\n", rc=None, token=token, timeout=10, env=env
+        )
+        assert result.returncode == 0, result.describe()
+        assert time.monotonic() - start < 5
+        name = subprocess.run(
+            ["squeue", "-h", "-j", result.stdout.strip(), "-o", "%j"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert name == "from-user\n"
+    finally:
+        cancel_tagged(token, dict(os.environ))
+
+
+def test_sbatch_environment(fakebin, tmp_path):
+    """The job inherits the user's variables, also those that StepUp Queue's queries drop."""
+    seen = Path(tmp_path) / "env.txt"
+    fakebin("sbatch", f"env > {seen}\ncat > /dev/null\necho 80\n")
+    env = dict(os.environ) | {"SBATCH_ACCOUNT": "acc", "SBATCH_WAIT": "1"}
+    env |= {"SQUEUE_NAMES": "other", "SLURM_TIME_FORMAT": "relative", "SLURM_CONF": "/x.conf"}
+    for rc in (None, "true"):
+        result = submit("wrapper", rc=rc, token="stepup-queue-0", timeout=10, env=env)
+        assert result.returncode == 0
+        lines = seen.read_text().splitlines()
+        assert "SBATCH_ACCOUNT=acc" in lines
+        assert "SQUEUE_NAMES=other" in lines
+        assert "SLURM_TIME_FORMAT=relative" in lines
+        assert "SLURM_CONF=/x.conf" in lines
+        assert not any(line.startswith("SBATCH_WAIT=") for line in lines)
+
+
+@pytest.mark.parametrize("command", ["squeue", "sacct", "scontrol", "scancel"])
+def test_query_environment(fakebin, tmp_path, monkeypatch, command):
+    seen = Path(tmp_path) / "env.txt"
+    fakebin(command, f"env > {seen}\n")
+    for name in ("SQUEUE_NAMES", "SACCT_FEDERATION", "SCONTROL_ALL", "SCANCEL_USER"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("SLURM_CLUSTERS", "other")
+    monkeypatch.setenv("SLURM_TIME_FORMAT", "relative")
+    monkeypatch.setenv("SLURM_CONF", "/x.conf")
+    monkeypatch.setenv("SBATCH_ACCOUNT", "acc")
+    assert run_command([command], timeout=10).returncode == 0
+    lines = seen.read_text().splitlines()
+    assert not any(
+        line.startswith(("SQUEUE_", "SACCT_", "SCONTROL_", "SCANCEL_")) for line in lines
+    )
+    assert not any(line.startswith("SLURM_CLUSTERS=") for line in lines)
+    assert "SLURM_TIME_FORMAT=standard" in lines
+    assert "SLURM_CONF=/x.conf" in lines
+    assert "SBATCH_ACCOUNT=acc" in lines
+
+
+# rc cannot move sbatch
+
+
+@pytest.mark.parametrize("rc", ["cd ..", "cd /", "mkdir -p sub && cd sub"])
+def test_submit_rc_cannot_change_folder(fakebin, tmp_path, monkeypatch, rc):
+    seen = Path(tmp_path) / "pwd.txt"
+    fakebin("sbatch", f"pwd > {seen}\ncat > /dev/null\necho 81\n")
+    folder = Path(tmp_path) / 'it\'s a "job" $(folder) \\ `x`'
+    folder.makedirs_p()
+    monkeypatch.chdir(folder)
+    result = submit("wrapper", rc=rc, token="stepup-queue-0", timeout=10, env=dict(os.environ))
+    assert result.returncode == 0, result.describe()
+    assert seen.read_text() == f"{folder}\n"
+
+
+# The cache file of the default cluster is named after SLURM's ClusterName
+
+
+@pytest.fixture
+def cluster_named(fakebin, tmp_path, monkeypatch):
+    """A scontrol that answers `show config` as the local SLURM, with another ClusterName."""
+    calls = Path(tmp_path) / "scontrol_calls.txt"
+    fakebin(
+        "scontrol",
+        f"""\
+        echo "$*" >> {calls}
+        sed "s/^ClusterName .*/ClusterName             = $CLUSTER_NAME/" \\
+            {DATA / "scontrol_show_config.txt"}
+        """,
+    )
+
+    def name(value: str) -> Path:
+        monkeypatch.setenv("CLUSTER_NAME", value)
+        return calls
+
+    return name
+
+
+def test_state_cache_named_after_the_cluster(slurm, tmp_path, cluster_named):
+    """Two SLURM installations (or cluster modules) sharing one cache folder."""
+    folder = Path(tmp_path) / "cache"
+    config = Config(cache_dir=folder, cache_timeout=60)
+    calls = cluster_named("alpha")
+    alpha = StateCache(config, None)
+    assert alpha.locate() is None
+    assert alpha.path == folder / "squeue_me.default.alpha.out"
+    alpha.snapshot()
+    alpha.snapshot()
+    # Asked once, by the first look.
+    assert calls.read_text() == "show config\n"
+    cluster_named("beta")
+    beta = StateCache(config, None)
+    before = datetime.now()
+    beta.snapshot()
+    assert beta.path == folder / "squeue_me.default.beta.out"
+    check_cache_file(beta.path, before)
+    assert alpha.path.is_file()
+    assert parse_cache(alpha.path.read_text())[0] < before
+    scontrol = StateCache(Config(cache_dir=folder, query=QueryMethod.SCONTROL), None)
+    assert scontrol.locate() is None
+    assert scontrol.path == folder / "sbatch_wait.default.beta.out"
+    # With -M, the cluster is named already.
+    assert StateCache(config, "alpha").path == folder / "squeue_me.alpha.out"
+    assert calls.read_text() == "show config\n" * 3
+
+
+def test_state_cache_cluster_name_unknown(tmp_path, fakebin):
+    """When SLURM cannot name the default cluster, nothing is cached and it is asked again."""
+    calls = Path(tmp_path) / "calls.txt"
+    fakebin(
+        "scontrol",
+        f"echo x >> {calls}\ncat {DATA / 'scontrol_show_config_no_controller.err'} >&2\nexit 1\n",
+    )
+    cache = StateCache(Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=60), None)
+    snapshot = cache.snapshot()
+    assert not snapshot.ok
+    assert "Unable to contact slurm controller" in snapshot.error
+    assert cache.path is None
+    cache.snapshot()
+    assert calls.read_text() == "x\nx\n"
+    assert not (Path(tmp_path) / "cache").exists()
+
+
+# The wait for the lock of the cache is bounded
+
+
+@pytest.fixture
+def lock_holder():
+    """Hold the lock on a file from another process, as a workflow stopped with Ctrl-Z would."""
+    holders = []
+
+    def hold(path: Path):
+        holders.append(subprocess.Popen(["flock", path, "sleep", "600"]))
+        wait_for(lambda: not _lock_free(path), 10, "flock to take the lock")
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()
+
+
+def _lock_free(path: Path) -> bool:
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
+
+
+def test_state_cache_lock_held_for_ever(tmp_path, fakebin, lock_holder, capsys):
+    calls = Path(tmp_path) / "calls.txt"
+    fakebin("squeue", f"echo x >> {calls}\ncat {DATA / 'squeue_me.txt'}\n")
+    config = Config(cache_dir=Path(tmp_path) / "cache", command_timeout=1, debug=True)
+    cache = StateCache(config, "c1")
+    cache.path.parent.makedirs_p()
+    lock_holder(cache.path + ".lock")
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(cache.snapshot()), daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive()
+    assert 1 <= time.monotonic() - start < 5
+    assert answers[0].ok
+    assert answers[0].states == STATES
+    assert calls.read_text() == "x\n"
+    check_cache_file(cache.path, datetime.now() - timedelta(seconds=10))
+    assert f"{cache.path}.lock" in capsys.readouterr().out
+
+
+def test_state_cache_fresh_answer_needs_no_lock(tmp_path, fakebin, lock_holder):
+    calls = Path(tmp_path) / "calls.txt"
+    fakebin("squeue", f"echo x >> {calls}\ncat {DATA / 'squeue_me.txt'}\n")
+    config = Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=60, command_timeout=30)
+    cache = StateCache(config, "c1")
+    first = cache.snapshot()
+    lock_holder(cache.path + ".lock")
+    start = time.monotonic()
+    assert cache.snapshot() == first
+    assert time.monotonic() - start < 1
+    assert calls.read_text() == "x\n"

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 bash tools/local-slurm.sh start
 bash tools/setup-venv.sh 4 dev
 bash tools/setup-venv.sh 3 test
+# The original releases, for tests/test_compat.py.
+bash tools/setup-venv.sh orig3
+bash tools/setup-venv.sh orig4
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # Independent tests in parallel (they mostly wait for SLURM): the whole suite on StepUp 4, the

@@ -73,13 +73,19 @@ def sq_cancel_jobs(argv: list[str] | None = None):
 
 def _decide(job: FoundJob, cancel_all: bool) -> tuple[bool, str]:
     """Decide whether to cancel a job; return the decision and why (empty when obvious)."""
+    if job.stranger is not None:
+        return False, job.stranger
     if job.active is False:
         # scancel cannot stop a job that SLURM no longer runs, whatever the log says.
         if job.live is None:
-            return False, "no longer listed by SLURM"
+            return False, "no longer listed by SLURM; ended according to " + (
+                "its log" if job.account is None else "SLURM's accounting"
+            )
         return False, f"already {job.live} in SLURM"
     if job.ended_by_log and not cancel_all:
         return False, "ended according to its log (--all cancels it anyway)"
+    if job.asked and job.active is None:
+        return False, "neither squeue nor sacct knows this job: not touched"
     return True, "" if job.active else "SLURM not asked: going by the log"
 
 

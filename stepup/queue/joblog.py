@@ -24,7 +24,7 @@ read as a submission that tagged no job.
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -47,7 +47,8 @@ __all__ = (
 LOG_NAME = "slurmjob.log"
 FORMAT_LINE = "StepUp Queue sbatch wait log format version 2"
 
-# States after which SLURM will not run the job's script again.
+# States after which SLURM will not run the job's script again. Not SPECIAL_EXIT: such a job
+# is held (RequeueExitHold) and runs again once released.
 FINAL_STATES = frozenset(
     {
         "BOOT_FAIL",
@@ -59,7 +60,6 @@ FINAL_STATES = frozenset(
         "OUT_OF_MEMORY",
         "PREEMPTED",
         "REVOKED",
-        "SPECIAL_EXIT",
         "TIMEOUT",
     }
 )
@@ -286,16 +286,18 @@ def _write(path: Path, text: str, mode: str):
         os.fsync(fh.fileno())
 
 
-def find_logs(root: str | Path) -> Iterator[Path]:
+def find_logs(root: str | Path, onerror: Callable[[OSError], None] | None = None) -> Iterator[Path]:
     """Yield all job logs below a folder, in sorted order, skipping hidden folders.
 
     Parameters
     ----------
     root
         The folder to search recursively.
+    onerror
+        Called with the error of each folder that cannot be read (e.g. no permission).
     """
     root = Path(root)
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
         if LOG_NAME in filenames:
             yield Path(dirpath) / LOG_NAME

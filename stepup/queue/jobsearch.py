@@ -7,6 +7,7 @@ or running. The printing helpers keep the output of both tools alike.
 """
 
 import argparse
+import getpass
 import os
 import sys
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from path import Path
 
 from .config import Config, ConfigError
 from .joblog import FINAL_STATES, LOG_NAME, JobLog, JobLogError, find_logs, read_log
-from .scheduler import parse_squeue, run_command, squeue_command
+from .scheduler import parse_squeue, run_command, sacct_records, squeue_command, stranger
 from .wrapper import read_ret
 
 __all__ = (
@@ -50,6 +51,11 @@ class FoundJob:
         The state SLURM lists for the job now, `None` when it is not listed (or not asked).
     token_id
         For a log without `Submitted` record: the job that SLURM lists with the log's token.
+    account
+        SLURM's accounting record of a job that squeue no longer lists (see
+        `scheduler.ACCOUNT_FIELDS`), `None` when sacct was not asked or does not know it.
+    margin
+        Seconds sbatch may have taken before the log's `Submitted` record was written.
     """
 
     log: JobLog
@@ -57,6 +63,8 @@ class FoundJob:
     asked: bool = False
     live: str | None = None
     token_id: int | None = None
+    account: dict[str, str] | None = None
+    margin: float = 60.0
 
     @property
     def folder(self) -> Path:
@@ -82,18 +90,48 @@ class FoundJob:
 
     @property
     def active(self) -> bool | None:
-        """True when SLURM lists the job as not yet finished, `None` when SLURM was not asked."""
+        """True when the job has not finished, False when that is confirmed, else `None`.
+
+        squeue no longer listing a job does not prove that it ended (it lists only the user's
+        own jobs, and may forget one): the end is confirmed by sacct or by the log.
+        """
         if not self.asked:
             return None
-        return self.live is not None and self.live not in FINAL_STATES
+        if self.live is not None:
+            return self.live not in FINAL_STATES
+        if self.account is not None:
+            return self.account["State"] not in FINAL_STATES
+        return False if self.ended_by_log else None
+
+    @property
+    def owner(self) -> str | None:
+        """The user who submitted the job according to sacct, `None` when unknown."""
+        return None if self.account is None else self.account["User"]
+
+    @property
+    def stranger(self) -> str | None:
+        """Why SLURM's job with this id is not the log's job, `None` when nothing says so.
+
+        Job ids are reused (e.g. after a reinstall of SLURM), and a folder may hold the log of
+        another user's job: such a job is never cancelled and its files are never removed.
+        """
+        if self.account is None:
+            return None
+        if self.owner != getpass.getuser():
+            return f"job of user {self.owner}: not touched"
+        why = stranger(
+            self.job_id, self.account, self.log.path.parent, self.log.submitted_time, self.margin
+        )
+        return None if why is None else f"{why}, not touched"
 
     @property
     def end_state(self) -> str | None:
         """The final state recorded in the log, else the one SLURM lists, else `None`."""
         if self.log.done:
             return self.log.last_state
-        if self.live in FINAL_STATES:
-            return self.live
+        for state in self.live, self.account and self.account["State"]:
+            if state in FINAL_STATES:
+                return state
         return None
 
     @property
@@ -105,6 +143,8 @@ class FoundJob:
         """What SLURM says now, for printing."""
         if not self.asked:
             return "?"
+        if self.live is None and self.account is not None:
+            return self.account["State"]
         return self.live or "gone"
 
     def log_column(self) -> str:
@@ -165,13 +205,18 @@ def find_jobs(paths: Iterable[str | Path]) -> tuple[list[FoundJob], list[str]]:
     jobs = []
     errors = []
     seen = set()
+
+    def unreadable(exc: OSError):
+        # Reported, not skipped in silence: the folder may hold jobs to cancel.
+        errors.append(f"Skipped {exc.filename}: cannot read this folder ({exc.strerror}).")
+
     for path in paths:
         root = Path(path)
         if not root.is_dir():
             what = "does not exist" if not root.exists() else "is not a folder"
             errors.append(f"{root} {what}: skipped.")
             continue
-        for log_path in find_logs(root):
+        for log_path in find_logs(root, unreadable):
             key = log_path.realpath()
             if key in seen:
                 continue
@@ -225,6 +270,14 @@ def ask_slurm(jobs: list[FoundJob], timeout: float) -> dict[str | None, str]:
             if job.log.job_id is None:
                 job.token_id = by_token.get(job.log.token)
             job.live = states.get(job.job_id)
+        # squeue lists only the user's own jobs that slurmctld still holds: the others are
+        # looked up in the accounting database, all in one call.
+        unlisted = [job for job in cluster_jobs if job.job_id is not None and job.live is None]
+        if unlisted:
+            records = sacct_records([job.job_id for job in unlisted], cluster, timeout) or {}
+            for job in unlisted:
+                job.account = records.get(job.job_id)
+                job.margin = timeout
     return unreachable
 
 

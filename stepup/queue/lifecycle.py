@@ -4,8 +4,8 @@ All decisions about a job live here; the job log, the wrapper and SLURM itself a
 through their own modules.
 """
 
+import os
 import random
-import secrets
 import time
 from datetime import datetime, timedelta
 
@@ -27,7 +27,8 @@ from .scheduler import (
     cancel,
     find_by_token,
     is_transient,
-    sacct_state,
+    sacct_records,
+    stranger,
     submit,
 )
 from .wrapper import RET_NAME, JobScript, read_job_script, read_ret, render_wrapper
@@ -88,14 +89,30 @@ def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str
     # A fresh submission gives SLURM one cache period before its state is asked.
     first_query = config.cache_timeout
     if joblog.job_id is None:
-        _submit_once(joblog, script, rc, config, env)
+        what = _submit_once(joblog, script, rc, config, env)
         joblog = read_log(log_path)
-        print(f"Submitted job {joblog.job_id}{_on_cluster(joblog)}")
+        print(f"{what} job {joblog.job_id}{_on_cluster(joblog)}")
     elif not joblog.done:
+        records = sacct_records([joblog.job_id], joblog.cluster, config.command_timeout)
+        if records is not None and joblog.job_id in records:
+            _check_same_job(joblog, records[joblog.job_id], config)
         print(f"Waiting for job {joblog.job_id}{_on_cluster(joblog)}, submitted earlier")
         first_query = 0.0
     state = joblog.last_state if joblog.done else _wait(joblog, config, first_query)
     return _finish(joblog, state, config)
+
+
+def _check_same_job(joblog: JobLog, record: dict[str, str], config: Config):
+    """Refuse to wait for (or cancel) a job that only shares its id with the logged job."""
+    why = stranger(
+        joblog.job_id, record, os.getcwd(), joblog.submitted_time, config.command_timeout
+    )
+    if why is not None:
+        raise JobError(
+            f"{joblog.path} records job {joblog.job_id}, but {why}. That job is not waited for "
+            "and not cancelled. The logged job ended long ago: to submit it again, remove "
+            f"{LOG_NAME} in this folder by hand (the job tools do not touch such a log)."
+        )
 
 
 def _on_cluster(joblog: JobLog) -> str:
@@ -149,8 +166,14 @@ def _inputs_changed(
 
 def _submit_once(
     joblog: JobLog, script: JobScript, rc: str | None, config: Config, env: dict[str, str]
-):
-    """Submit the job, or find the job that an interrupted earlier attempt submitted."""
+) -> str:
+    """Submit the job, or find the job that an interrupted earlier attempt submitted.
+
+    Returns
+    -------
+    what
+        What happened, for the user: `Submitted`, or that the job was found.
+    """
     wrapper = render_wrapper(script)
     token, since = joblog.token, joblog.submitting_time
     # An interrupted attempt (ours, or a bare Submitting record of the original 2.x) may have
@@ -165,11 +188,11 @@ def _submit_once(
             if job_id is not None:
                 suffix = "" if script.cluster is None else f";{script.cluster}"
                 record_submitted(joblog.path, f"{job_id}{suffix}")
-                return
+                return "Found the interrupted submission's"
             if not certain:
                 continue
         if token is None:
-            token = f"stepup-queue-{secrets.token_hex(8)}"
+            token = f"stepup-queue-{os.urandom(8).hex()}"
             since = append_record(joblog.path, f"Submitting {token}")
         lookup = True
         # An exit code left by an earlier job must never be taken for this submission's.
@@ -186,7 +209,7 @@ def _submit_once(
                     "Does the rc command print to standard output? Send its output elsewhere."
                 ) from None
             record_submitted(joblog.path, submitted)
-            return
+            return "Submitted"
         failure = result
         if not is_transient(result):
             break
@@ -239,7 +262,11 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
                 current = snapshot.states.get(joblog.job_id)
                 if current is None:
                     # Purged from slurmctld's memory (MinJobAge): ask the accounting database.
-                    current = sacct_state(joblog.job_id, joblog.cluster, config.command_timeout)
+                    records = sacct_records([joblog.job_id], joblog.cluster, config.command_timeout)
+                    record = None if records is None else records.get(joblog.job_id)
+                    if record is not None:
+                        _check_same_job(joblog, record, config)
+                    current = None if record is None else record["State"]
                 if current is not None and current != state:
                     append_record(joblog.path, current)
                     state = current

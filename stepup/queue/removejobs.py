@@ -88,10 +88,14 @@ def _why_failed(job: FoundJob) -> str:
 
 def _decide(job: FoundJob, select_all: bool) -> tuple[bool, str]:
     """Decide whether to remove the files of a job; return the decision and why."""
+    if job.stranger is not None:
+        return False, job.stranger
     if job.active is None:
+        if job.asked:
+            return False, "SLURM cannot confirm that it ended: neither squeue nor sacct knows it"
         return False, "SLURM could not be asked"
     if job.active:
-        return False, f"still {job.live} in SLURM"
+        return False, f"still {job.live or job.account['State']} in SLURM"
     if job.succeeded:
         return select_all, "succeeded" if select_all else "succeeded (--all selects it)"
     return True, _why_failed(job)

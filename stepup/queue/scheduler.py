@@ -1,9 +1,13 @@
 """Everything that talks to SLURM: sbatch, scancel, squeue, scontrol and sacct.
 
+Every command runs in an environment without the user's settings that change what it prints
+(see `run_command`), so a line in a shell profile cannot hide jobs or change the times we read.
+
 Job states are asked through a cache file shared by all waiting steps of all workflows of a
-user, one file per cluster, guarded by an exclusive file lock. Whoever finds the cached answer
-older than `STEPUP_SBATCH_CACHE_TIMEOUT` runs the query and writes the new answer, so the
-number of status queries per timeout does not grow with the number of waiting jobs.
+user, one file per cluster (named as SLURM names it), guarded by an exclusive file lock.
+Whoever finds the cached answer older than `STEPUP_SBATCH_CACHE_TIMEOUT` runs the query and
+writes the new answer, so the number of status queries per timeout does not grow with the
+number of waiting jobs.
 
 A cache file starts with the header line
 ``v1 datetime=<26-character ISO datetime> returncode=<+NNN>``
@@ -16,7 +20,9 @@ import re
 import shlex
 import signal
 import subprocess
-from collections.abc import Iterable, Iterator
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,8 +45,10 @@ __all__ = (
     "parse_scontrol",
     "parse_squeue",
     "run_command",
+    "sacct_records",
     "sacct_state",
     "squeue_command",
+    "stranger",
     "submit",
 )
 
@@ -52,6 +60,10 @@ SACCT_FIELDS = ("JobIDRaw", "State", "Submit", "Comment", "WorkDir")
 # job from the same folder is not taken for this one.
 CLOCK_SLACK = timedelta(seconds=10)
 MAX_SCANCEL_IDS = 100
+# The SACCT_FIELDS of the jobs that squeue lists. slurmctld knows a job as soon as sbatch
+# returns, sacct only once slurmctld has sent it to the accounting database (a second later
+# here, much later on a busy cluster).
+_SQUEUE_AS_SACCT = "%i|%T|%V|%k|%Z"
 
 # Parts of SLURM client errors that mean "try again later", not "your request is wrong".
 _TRANSIENT_ERRORS = (
@@ -69,6 +81,17 @@ _TRANSIENT_ERRORS = (
 )
 
 _RE_HEADER = re.compile(r"v1 datetime=(\S{26}) returncode=([+-][0-9]{3,})")
+_RE_CLUSTER_NAME = re.compile(r"^ClusterName\s*=\s*(\S+)\s*$", re.MULTILINE)
+
+# The input variables of the query commands (ENVIRONMENT VARIABLES in their man pages), which
+# a user's shell may set: SQUEUE_PARTITION or SQUEUE_NAMES filter what `squeue --me` lists,
+# SLURM_TIME_FORMAT changes every time stamp, SLURM_CLUSTERS the cluster asked. Only the
+# matching option overrides them, so the queries run without them and give every option.
+_QUERY_COMMANDS = frozenset({"squeue", "sacct", "scontrol", "scancel"})
+_QUERY_PREFIXES = ("SQUEUE_", "SACCT_", "SCONTROL_", "SCANCEL_")
+_QUERY_VARIABLES = frozenset(
+    {"SLURM_BITSTR_LEN", "SLURM_CLUSTERS", "SLURM_DEBUG_FLAGS", "SLURM_TIME_FORMAT"}
+)
 
 
 @dataclass(frozen=True)
@@ -101,15 +124,18 @@ def run_command(
     *,
     timeout: float,
     stdin: str | None = None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> CommandResult:
     """Run a command without a shell (or with bash, when `args` is a string).
 
     A command that runs longer than `timeout` seconds is killed with its process group,
-    so a hanging SLURM client never blocks a step forever. `env` replaces the environment.
+    so a hanging SLURM client never blocks a step forever. `env` (by default that of this
+    process) replaces the environment, without the user's settings that change what SLURM's
+    commands print, see `_environment`.
     """
     shell = isinstance(args, str)
     command = args if shell else shlex.join(args)
+    program = None if shell else Path(args[0]).name
     try:
         proc = subprocess.Popen(
             args,
@@ -121,7 +147,7 @@ def run_command(
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
-            env=env,
+            env=_environment(program, env),
             start_new_session=True,
         )
     except FileNotFoundError:
@@ -133,6 +159,39 @@ def run_command(
         stdout, stderr = proc.communicate()
         return CommandResult(command, -9, stdout, f"{stderr}timed out after {timeout:g} s")
     return CommandResult(command, proc.returncode, stdout, stderr)
+
+
+def _environment(program: str | None, env: Mapping[str, str] | None) -> dict[str, str]:
+    """The environment of a command: `env` (by default ours) without the user's settings that
+    change what StepUp Queue reads.
+
+    Parameters
+    ----------
+    program
+        The name of the command; `None` for a bash command line (rc and sbatch).
+    env
+        The environment to start from.
+
+    Returns
+    -------
+    environment
+        For a query (squeue, sacct, scontrol, scancel): without the input variables of these
+        commands, and with standard time stamps. For anything else (sbatch, perhaps after rc):
+        the user's variables, whose SBATCH_* are the job options that the user chose and which
+        the job inherits, but without SBATCH_WAIT, which would keep sbatch waiting until the
+        job ends.
+    """
+    environment = dict(os.environ if env is None else env)
+    if program in _QUERY_COMMANDS:
+        environment = {
+            name: value
+            for name, value in environment.items()
+            if not name.startswith(_QUERY_PREFIXES) and name not in _QUERY_VARIABLES
+        }
+        environment["SLURM_TIME_FORMAT"] = "standard"
+    else:
+        environment.pop("SBATCH_WAIT", None)
+    return environment
 
 
 def is_transient(result: CommandResult) -> bool:
@@ -156,20 +215,23 @@ def submit(
     wrapper
         The job script, passed to sbatch on standard input.
     rc
-        A shell command to run before sbatch (e.g. to load modules), or `None`.
+        A bash command to run before sbatch (e.g. to load modules), or `None`. Whatever
+        folder it changes to, sbatch runs in the current (job) folder after it.
     token
         The unique tag of this submission, stored as the job's comment.
     timeout
         Seconds after which sbatch is killed.
     env
-        The environment of sbatch (and rc); the job inherits it.
+        The environment of sbatch (and rc); the job inherits it (see `_environment`).
     """
     args = ["sbatch", "--parsable", "-o", "slurmjob.out", "-e", "slurmjob.err"]
     args.append(f"--comment={token}")
     if rc is None:
         return run_command(args, stdin=wrapper, timeout=timeout, env=env)
     # The braces keep every command of rc away from the wrapper on stdin, not just the last.
-    command = f"{{ {rc}\n}} < /dev/null && {shlex.join(args)}"
+    # The job runs, and writes its files, where sbatch runs: back to the job folder after rc.
+    folder = shlex.quote(os.getcwd())
+    command = f"{{ {rc}\n}} < /dev/null && cd -- {folder} && {shlex.join(args)}"
     return run_command(command, stdin=wrapper, timeout=timeout, env=env)
 
 
@@ -237,19 +299,44 @@ def parse_squeue(text: str) -> tuple[dict[int, str], dict[int, str]]:
     Returns
     -------
     states, comments
-        Job id → state and job id → comment. Array and het-job entries are skipped.
+        Job id → state and job id → comment. The components `ID+N` of a heterogeneous job
+        count as job `ID`, which has not ended while one of them has not. Array tasks are
+        skipped.
     """
     states = {}
     comments = {}
     for line in text.splitlines():
         parts = line.strip().split("|", 2)
-        if len(parts) != 3 or not parts[0].isdigit():
+        leader, plus, component = parts[0].partition("+")
+        if len(parts) != 3 or not leader.isdigit() or not (plus == "" or component.isdigit()):
             continue
-        job_id = int(parts[0])
-        states[job_id] = parts[1]
+        job_id = int(leader)
+        if states.get(job_id) not in _SQUEUE_ACTIVE:
+            states[job_id] = parts[1]
         if parts[2] not in ("", "(null)"):
             comments[job_id] = parts[2]
     return states, comments
+
+
+# squeue's states of a job that has not ended (squeue(1), JOB STATE CODES).
+_SQUEUE_ACTIVE = frozenset(
+    {
+        "CONFIGURING",
+        "COMPLETING",
+        "PENDING",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "RESV_DEL_HOLD",
+        "RUNNING",
+        "SIGNALING",
+        "SPECIAL_EXIT",
+        "STAGE_OUT",
+        "STOPPED",
+        "SUSPENDED",
+    }
+)
 
 
 _RE_SCONTROL_JOB = re.compile(r"^JobId=([0-9]+)\s", re.MULTILINE)
@@ -333,17 +420,44 @@ def parse_cache(text: str) -> tuple[datetime, int, str] | None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, timeout: float) -> Iterator[bool]:
+    """Hold an exclusive lock on `path`, waiting for it at most `timeout` seconds.
+
+    Yields whether the lock is held. A blocking flock takes no timeout, and only the main
+    thread could interrupt it with a signal (StepUp 3 runs steps in other threads): the lock
+    is tried at growing intervals instead.
+    """
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        locked = _try_lock(fh.fileno(), timeout)
         try:
-            yield
+            yield locked
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _try_lock(fd: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, 0.5)
 
 
 class StateCache:
     """The shared, file-based cache of SLURM's answer about job states, for one cluster.
+
+    The file is named after the cluster as SLURM names it: the `-M` value, or the ClusterName
+    of the default cluster, which SLURM is asked once (see `locate`). So SLURM installations
+    that share a home folder, or cluster modules that change the default cluster, never
+    take each other's answers.
 
     Parameters
     ----------
@@ -351,21 +465,46 @@ class StateCache:
         The settings: cache folder, timeout, query method and command timeout.
     cluster
         The cluster name (as in `sbatch -M`), `None` for the default cluster.
+
+    Attributes
+    ----------
+    path
+        The cache file; `None` until the name of the default cluster is known.
     """
 
     def __init__(self, config: Config, cluster: str | None):
         self.config = config
         self.cluster = cluster
-        stem = "sbatch_wait" if config.query is QueryMethod.SCONTROL else "squeue_me"
-        suffix = "" if cluster is None else f".{cluster}"
-        self.path = config.cache_dir / f"{stem}{suffix}.out"
+        self._stem = "sbatch_wait" if config.query is QueryMethod.SCONTROL else "squeue_me"
+        self.path = None if cluster is None else config.cache_dir / f"{self._stem}.{cluster}.out"
+
+    def locate(self) -> str | None:
+        """Set `path`; for the default cluster, ask SLURM its name the first time.
+
+        Returns
+        -------
+        failure
+            Why SLURM could not name the default cluster, `None` once `path` is set.
+        """
+        if self.path is None:
+            result = run_command(
+                ["scontrol", "show", "config"], timeout=self.config.command_timeout
+            )
+            if result.returncode != 0:
+                return result.describe()
+            match = _RE_CLUSTER_NAME.search(result.stdout)
+            if match is None:
+                return f"`{result.command}` names no ClusterName."
+            self.path = self.config.cache_dir / f"{self._stem}.default.{match.group(1)}.out"
+        return None
 
     def check_writable(self):
         """Raise a ConfigError with a fix when the cache folder cannot be used."""
         try:
             self.config.cache_dir.makedirs_p()
-            with _locked(self.path + ".lock"):
-                pass
+            # A file of its own, which no other process locks and which leaves nothing behind.
+            with tempfile.TemporaryFile(dir=self.config.cache_dir) as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             raise ConfigError(
                 f"Cannot use the shared scheduler cache in {self.config.cache_dir}: {exc}. "
@@ -381,51 +520,133 @@ class StateCache:
         return squeue_command(self.cluster)
 
     def snapshot(self) -> Snapshot:
-        """Return SLURM's answer, from the cache when it is younger than the timeout."""
+        """Return SLURM's answer, from the cache when it is younger than the timeout.
+
+        A fresh answer is read without the lock: the file is replaced atomically. A stale one
+        is renewed under the lock, whose holder queries at most the command timeout long.
+        A process stopped while it holds the lock (e.g. with Ctrl-Z) must not stop every step
+        of the user: after waiting that long, the step asks SLURM without the lock.
+        """
+        failure = self.locate()
+        if failure is not None:
+            # Without the cluster's name, the answer could be filed as another cluster's.
+            return Snapshot(datetime.now(), 1, error=failure)
         self.config.cache_dir.makedirs_p()
-        with _locked(self.path + ".lock"):
-            cached = self._read()
-            now = datetime.now()
-            if cached is None or not (
-                timedelta(0) <= now - cached[0] <= timedelta(seconds=self.config.cache_timeout)
-            ):
-                cached = self._query()
-        time, returncode, output = cached
+        cached = self._fresh()
+        if cached is None:
+            lock = self.path + ".lock"
+            timeout = self.config.command_timeout
+            with _locked(lock, timeout) as locked:
+                if not locked and self.config.debug:
+                    print(f"{lock} stayed locked for {timeout:g} s: asking SLURM without the lock")
+                cached = self._fresh() or self._query()
+        stamp, returncode, output = cached
         if self.config.query is QueryMethod.SCONTROL:
             states, comments = parse_scontrol(output)
         else:
             states, comments = parse_squeue(output)
         error = "" if returncode == 0 else output
-        return Snapshot(time, returncode, states, comments, error)
+        return Snapshot(stamp, returncode, states, comments, error)
 
-    def _read(self) -> tuple[datetime, int, str] | None:
+    def _fresh(self) -> tuple[datetime, int, str] | None:
+        """The cached answer, when it is younger than the cache timeout."""
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return None
-        return parse_cache(text)
+        cached = parse_cache(text)
+        if cached is None:
+            return None
+        age = datetime.now() - cached[0]
+        max_age = timedelta(seconds=self.config.cache_timeout)
+        return cached if timedelta(0) <= age <= max_age else None
 
     def _query(self) -> tuple[datetime, int, str]:
-        time = datetime.now()
+        stamp = datetime.now()
         result = run_command(self.command(), timeout=self.config.command_timeout)
         # A failed query is cached as well: its stderr replaces the output, so that all
         # waiting steps back off instead of hammering a struggling controller.
         output = result.stdout if result.returncode == 0 else result.stderr
         tmp = self.path + f".{os.getpid()}.tmp"
-        tmp.write_text(format_cache(time, result.returncode, output), encoding="utf-8")
+        tmp.write_text(format_cache(stamp, result.returncode, output), encoding="utf-8")
         # Atomic replacement: a reader never sees a half-written answer.
         tmp.replace(self.path)
-        return time, result.returncode, output
+        return stamp, result.returncode, output
 
 
 def sacct_state(job_id: int, cluster: str | None, timeout: float) -> str | None:
     """Ask the accounting database for one job's state; `None` when it cannot tell."""
-    args = ["sacct", *_cluster_args(cluster), "-X", "-n", "-P", "-j", str(job_id)]
-    result = run_command([*args, "-o", "JobIDRaw,State"], timeout=timeout)
+    records = sacct_records([job_id], cluster, timeout)
+    entry = None if records is None else records.get(job_id)
+    return None if entry is None else entry["State"]
+
+
+# User before WorkDir, the field that takes the rest of the line.
+ACCOUNT_FIELDS = ("JobIDRaw", "State", "Submit", "User", "WorkDir")
+
+
+def sacct_records(
+    job_ids: Iterable[int], cluster: str | None, timeout: float
+) -> dict[int, dict[str, str]] | None:
+    """Ask the accounting database about jobs of any user, in one call.
+
+    Parameters
+    ----------
+    job_ids
+        The jobs to look up.
+    cluster
+        The cluster name (as in `sbatch -M`), `None` for the default cluster.
+    timeout
+        Seconds after which sacct is killed.
+
+    Returns
+    -------
+    records
+        Job id → the fields of `ACCOUNT_FIELDS` after `JobIDRaw`, for the jobs sacct knows;
+        `None` when sacct failed.
+    """
+    ids = ",".join(map(str, sorted(job_ids)))
+    args = ["sacct", *_cluster_args(cluster), "-X", "-n", "-P", "-a", "-j", ids]
+    result = run_command([*args, "-o", ",".join(ACCOUNT_FIELDS)], timeout=timeout)
     if result.returncode != 0:
         return None
-    entry = parse_sacct(result.stdout, ("JobIDRaw", "State")).get(job_id)
-    return None if entry is None else entry["State"]
+    return parse_sacct(result.stdout, ACCOUNT_FIELDS)
+
+
+def stranger(
+    job_id: int, record: dict[str, str], folder: str, submitted: datetime | None, margin: float
+) -> str | None:
+    """Tell why SLURM's job with a logged id is not the logged job, `None` when it may be.
+
+    Job ids are reused (a reinstalled SLURM starts again at 1): the id counts only when SLURM's
+    record of the job has the job folder as its work directory and a submit time close to the
+    `Submitted` record of the log.
+
+    Parameters
+    ----------
+    job_id
+        The job id in the log.
+    record
+        SLURM's record of that job, with the fields of `ACCOUNT_FIELDS`.
+    folder
+        The job folder.
+    submitted
+        When the log's `Submitted` record was written, `None` when unknown.
+    margin
+        Seconds sbatch may have taken before the `Submitted` record was written.
+    """
+    workdir = record["WorkDir"]
+    if workdir != "" and os.path.realpath(workdir) != os.path.realpath(folder):
+        return f"SLURM's job {job_id} ran in {workdir}: the id was reused"
+    when = _parse_time(record["Submit"])
+    early = timedelta(seconds=margin) + CLOCK_SLACK
+    known = submitted is not None and when != datetime.min
+    if known and not submitted - early <= when <= submitted + CLOCK_SLACK:
+        return (
+            f"SLURM's job {job_id} was submitted at {record['Submit']}, not when the log "
+            f"says ({submitted:%Y-%m-%dT%H:%M:%S}): the id was reused"
+        )
+    return None
 
 
 def find_by_token(
@@ -433,10 +654,10 @@ def find_by_token(
 ) -> tuple[bool, int | None]:
     """Look for the job of an interrupted submission, first in squeue, then in sacct.
 
-    squeue shows the token (the job's comment) of every job that slurmctld still holds.
-    sacct shows comments only where the accounting stores them
-    (`AccountingStoreFlags=job_comment`, not SLURM's default); elsewhere the job is the one,
-    with no comment, submitted from the current folder after the `Submitting` record.
+    squeue shows the token (the job's comment), the folder and the submission time of every
+    job that slurmctld still holds. sacct shows comments only where the accounting stores
+    them (`AccountingStoreFlags=job_comment`, not SLURM's default); elsewhere the job is the
+    one, with no comment, submitted from the current folder after the `Submitting` record.
 
     Parameters
     ----------
@@ -460,36 +681,37 @@ def find_by_token(
     Raises
     ------
     ValueError
-        When sacct lists several jobs without comment that may be this submission's.
+        When SLURM lists several jobs without comment that may be this submission's.
     """
-    squeue = run_command(squeue_command(clusters), timeout=config.command_timeout)
+    args = ["squeue", *_cluster_args(clusters), "--me", "-t", "all", "-h", "-o", _SQUEUE_AS_SACCT]
+    squeue = run_command(args, timeout=config.command_timeout)
     if squeue.returncode != 0:
         return False, None
-    listed, comments = parse_squeue(squeue.stdout)
-    for job_id, comment in comments.items():
-        if comment == token:
+    listed = parse_sacct(squeue.stdout)
+    for job_id, record in listed.items():
+        if token is not None and record["Comment"] == token:
             return True, job_id
+        if record["Comment"] == "(null)":
+            record["Comment"] = ""
     # squeue shows the comment of every job it lists, so none of those carries our token.
-    # A submission without token can only rule out the listed jobs that have a comment.
-    excluded = set(listed) if token is not None else set(comments)
+    # A submission without token (2.x) is told by folder and time, here as in sacct.
+    found = [] if token is not None else match_submission(listed, None, os.getcwd(), since)
     start = (since - CLOCK_SLACK).strftime("%Y-%m-%dT%H:%M:%S")
     args = ["sacct", *_cluster_args(clusters), "-X", "-n", "-P", "-S", start]
     sacct = run_command([*args, "-o", ",".join(SACCT_FIELDS)], timeout=config.command_timeout)
-    if sacct.returncode != 0:
-        # slurmdbd down: ask again later. No accounting at all: squeue's list has to do.
-        return not is_transient(sacct), None
-    records = {
-        job_id: record
-        for job_id, record in parse_sacct(sacct.stdout).items()
-        if job_id not in excluded
-    }
-    candidates = match_submission(records, token, os.getcwd(), since)
+    if sacct.returncode != 0 and is_transient(sacct):
+        # slurmdbd down: ask again later.
+        return False, None
+    # No accounting at all: squeue's list has to do.
+    records = parse_sacct(sacct.stdout) if sacct.returncode == 0 else {}
+    unlisted = {job_id: record for job_id, record in records.items() if job_id not in listed}
+    candidates = found + match_submission(unlisted, token, os.getcwd(), since)
     if len(candidates) > 1:
-        listed = ", ".join(map(str, candidates))
+        ids = ", ".join(map(str, candidates))
         ended = ", all ended" if token is not None else ""
         raise ValueError(
-            f"sacct lists several jobs without a comment submitted from {os.getcwd()} "
-            f"since {since - CLOCK_SLACK:%Y-%m-%dT%H:%M:%S} ({listed}){ended}; StepUp "
+            f"SLURM lists several jobs without a comment submitted from {os.getcwd()} "
+            f"since {since - CLOCK_SLACK:%Y-%m-%dT%H:%M:%S} ({ids}){ended}; StepUp "
             "Queue cannot tell which one its interrupted submission made. Make sure none of "
             "them is still needed (scancel), then remove slurmjob.log in this folder to submit "
             "the job afresh."
@@ -505,7 +727,8 @@ def match_submission(
     Parameters
     ----------
     records
-        Parsed `sacct` output with the fields of `SACCT_FIELDS`.
+        Parsed `sacct` output with the fields of `SACCT_FIELDS` (or squeue's, in the same
+        fields).
     token
         The comment given to the job at submission.
     workdir
