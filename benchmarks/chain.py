@@ -2,14 +2,14 @@
 
 The gap between one job's End and the next job's Submit (both in sacct) is the time a user
 waits for StepUp Queue to notice the end and submit the next job.
-Run alone with `python -m benchmarks.chain`.
+Run alone with `python -m benchmarks.chain [--stepup PATH]`.
 """
 
 import argparse
 
 from path import Path
 
-from .common import bench_folder
+from .common import Host, add_host_option, bench_folder
 from .jobs import Job, RunResult, run_variants
 
 __all__ = ("chain_jobs", "run_chain")
@@ -28,24 +28,35 @@ def chain_jobs(count: int, seconds: float) -> list[Job]:
 
 def run_chain(
     parent: Path,
+    host: Host,
+    *,
     repeats: int = 1,
     count: int = 5,
     seconds: float = 2.0,
-    others: dict[str, Path] | None = None,
+    others: dict[str, Host] | None = None,
 ) -> dict[str, list[RunResult]]:
     """Run the chain with each kind of step, `repeats` times (see `run_overhead`)."""
     jobs = chain_jobs(count, seconds)
     return run_variants(
-        parent, "chain", jobs, repeats=repeats, workers=2, timeout=600, others=others, chained=True
+        parent,
+        "chain",
+        jobs,
+        host,
+        repeats=repeats,
+        slots=2,
+        timeout=600,
+        others=others,
+        chained=True,
     )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1)
+    add_host_option(parser)
     args = parser.parse_args()
     with bench_folder() as parent:
-        run_chain(parent, args.repeats)
+        run_chain(parent, Host.detect(args.stepup), repeats=args.repeats)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""Shared tools of the benchmarks: workflow folders, timed `stepup boot` runs, sacct, sdiag, /proc.
+"""Shared tools of the benchmarks: hosts, workflow folders, timed runs, sacct, sdiag, /proc.
 
+A host is one install of StepUp Core with StepUp Queue, given by its `stepup` executable:
+StepUp 3 runs a workflow with `stepup boot -n N` and each step in a worker process
+(`stepup.core.worker`); StepUp 4 runs it with `stepup build -j N` and each console-script step
+(StepUp Queue's `sq-sbatch-and-wait`) in a child of its forkserver.
 Every workflow gets its own folder, its own cold scheduler cache (`STEPUP_QUEUE_CACHE_DIR`) and
 a folder of small wrappers, first on its `PATH`, that log every call of the SLURM commands
 (time, working directory, arguments) before running the real command. Everything else is the
 default configuration of StepUp Queue.
 """
 
+import argparse
 import os
 import re
 import shlex
@@ -19,7 +24,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,12 +33,14 @@ from path import Path
 __all__ = (
     "LOGGED_COMMANDS",
     "STATUS_RPCS",
-    "BootRun",
+    "BuildRun",
     "Call",
+    "Host",
     "JobRecord",
     "ProcSample",
     "SdiagSnapshot",
     "Workflow",
+    "add_host_option",
     "bench_folder",
     "cancel_leftovers",
     "default_stepup",
@@ -42,32 +49,15 @@ __all__ = (
     "median",
     "percentile",
     "sdiag_counts",
+    "step_samples",
     "tests_running",
-    "worker_samples",
-)
-
-# Variables of the caller that would change how StepUp (Queue) behaves in the benchmark.
-CLEARED_ENV = (
-    "STEPUP_QUEUE_ONCHANGE",
-    "STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS",
-    "STEPUP_QUEUE_CACHE_DIR",
-    "STEPUP_SBATCH_CACHE_TIMEOUT",
-    "STEPUP_SBATCH_POLLING_INTERVAL",
-    "STEPUP_SBATCH_TIME_MARGIN",
-    "STEPUP_SBATCH_RET_TIMEOUT",
-    "STEPUP_SBATCH_SUBMIT_BACKOFF",
-    "STEPUP_SBATCH_SUBMIT_RETRIES",
-    "STEPUP_SBATCH_COMMAND_TIMEOUT",
-    "STEPUP_SBATCH_DEBUG",
-    "STEPUP_SBATCH_QUERY",
-    "STEPUP_ROOT",
-    "STEPUP_DIRECTOR_SOCKET",
+    "tree_pss",
 )
 
 # SLURM commands whose calls are logged in every benchmark workflow.
 LOGGED_COMMANDS = ("sbatch", "squeue", "scontrol", "sacct", "scancel")
 
-# RPCs of slurmctld that ask for job (or related) information, as named by sdiag.
+# RPCs of slurmctld that ask for job (or related) information or its configuration (sdiag names).
 STATUS_RPCS = (
     "REQUEST_JOB_INFO",
     "REQUEST_JOB_USER_INFO",
@@ -76,9 +66,11 @@ STATUS_RPCS = (
     "REQUEST_PARTITION_INFO",
     "REQUEST_FED_INFO",
     "REQUEST_NODE_INFO",
+    "REQUEST_BUILD_INFO",
 )
 
-_RE_REPORT = re.compile(r"\|\s+([A-Z]+) │ (.*)$")
+# A report line: `   START │ ...` (StepUp 4) or `      0/2 |      START │ ...` (StepUp 3).
+_RE_REPORT = re.compile(r"(?:^|\|)\s*([A-Z]+) │ (.*)$")
 _RE_WORKDIR = re.compile(r"# wd=(\S+)$")
 _RE_SDIAG = re.compile(r"^\s+([A-Z_]+)\s+\(\s*\d+\)\s+count:(\d+)")
 
@@ -117,14 +109,109 @@ class JobRecord:
     workdir: Path
 
 
+@dataclass(frozen=True)
+class Host:
+    """An install of StepUp Core with StepUp Queue, given by its `stepup` executable.
+
+    Attributes
+    ----------
+    stepup
+        The `stepup` executable, in the `bin` folder of the install's venv.
+    version
+        The version of StepUp Core, e.g. `4.0.3`.
+    queue_version
+        The version of StepUp Queue.
+    """
+
+    stepup: Path
+    version: str
+    queue_version: str
+
+    @classmethod
+    def detect(cls, stepup: Path) -> "Host":
+        """Ask the Python beside `stepup` which StepUp Core and StepUp Queue it has."""
+        stepup = Path(stepup).absolute()
+        code = "from importlib.metadata import version as v; print(v('stepup'), v('stepup-queue'))"
+        result = subprocess.run(
+            [stepup.parent / "python", "-c", code], capture_output=True, text=True, check=True
+        )
+        version, queue_version = result.stdout.split()
+        return cls(stepup, version, queue_version)
+
+    @property
+    def major(self) -> int:
+        """The major version of StepUp Core: 3 or 4."""
+        return int(self.version.split(".")[0])
+
+    @property
+    def python(self) -> Path:
+        """The Python of the install's venv."""
+        return self.stepup.parent / "python"
+
+    @property
+    def name(self) -> str:
+        return f"StepUp {self.version}"
+
+    def command(self, slots: int) -> list[str]:
+        """The command that runs a workflow with at most `slots` steps at once."""
+        if self.major < 4:
+            return [self.stepup, "boot", "-n", str(slots)]
+        return [self.stepup, "build", "-j", str(slots)]
+
+    def describe(self, slots: int) -> str:
+        """The command of `command()` as a user types it, e.g. `stepup build -j 20`."""
+        return shlex.join(["stepup", *self.command(slots)[1:]])
+
+    def plan_imports(self) -> str:
+        """The plan line that imports `static` and the function of a plain step."""
+        return f"from stepup.core.api import {'runsh' if self.major < 4 else 'run'}, static"
+
+    def static(self, workdir: str, files: Sequence[str] = ()) -> list[str]:
+        """Plan lines that declare files of a step folder, e.g. a job script, as static.
+
+        StepUp 3 also needs the folder itself. StepUp 4 creates a step's folder and refuses a
+        static folder that holds outputs of a step.
+        """
+        paths = [workdir + name for name in files]
+        if self.major < 4:
+            paths.insert(0, workdir)
+        return [f"static({path!r})" for path in paths]
+
+    def plain_step(
+        self,
+        command: str,
+        workdir: str,
+        inp: Sequence[str] = (),
+        out: Sequence[str] = (),
+        shell: bool = True,
+    ) -> str:
+        """The plan line of a step that runs `command` in `workdir` without StepUp Queue.
+
+        StepUp 3 runs it with `runsh`, always in a shell. On StepUp 4 `shell=False` runs a
+        console script of the install in a forkserver child, as StepUp Queue's steps run.
+        """
+        args = f"workdir={workdir!r}, inp={list(inp)!r}, out={list(out)!r}"
+        if self.major < 4:
+            return f"runsh({command!r}, {args})"
+        return f"run({command!r}, shell={shell}, {args})"
+
+    def runs_step(self, cmdline: str, parent_cmdline: str) -> bool:
+        """True for a process that runs one step: a worker (StepUp 3) or a forkserver child."""
+        if self.major < 4:
+            return "stepup.core.worker" in cmdline
+        # A forkserver child is forked without exec: it has the command line of its parent.
+        return all("multiprocessing.forkserver" in line for line in (cmdline, parent_cmdline))
+
+
 @dataclass
-class BootRun:
-    """A `stepup boot` running in the background, with each line of its output time-stamped.
+class BuildRun:
+    """A `stepup build` (or `stepup boot`) running in the background, with time-stamped output.
 
     Attributes
     ----------
     proc
-        The `stepup boot` process, leader of its own process group.
+        The `stepup` process. Its director, forkserver and steps are its descendants (in
+        sessions of their own on StepUp 4).
     t_start
         When it was started (seconds since the epoch).
     lines
@@ -148,7 +235,7 @@ class BootRun:
         self.t_end = time.time()
 
     def wait(self, timeout: float) -> int:
-        """Wait until `stepup boot` exits and return its exit code.
+        """Wait until `stepup` exits and return its exit code.
 
         Raises
         ------
@@ -156,7 +243,7 @@ class BootRun:
             When it still runs after `timeout` seconds; it is then killed.
         RuntimeError
             When StepUp reports an internal error (e.g. a worker that could not start);
-            it is then killed, because such a `stepup boot` may never exit.
+            it is then killed, because such a `stepup` may never exit.
         """
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None:
@@ -166,23 +253,26 @@ class BootRun:
                 raise RuntimeError(f"StepUp reported an error: {self.error()}\n{self.text()}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise TimeoutError(f"stepup boot did not finish within {timeout:g} s")
+                raise TimeoutError(f"stepup did not finish within {timeout:g} s")
             time.sleep(0.2)
         for thread in self._threads:
             thread.join()
         return self.proc.returncode
 
     def kill(self):
-        """Kill `stepup boot` with its director and workers (its own process group)."""
+        """Kill `stepup` with all its descendants: director, workers or forkserver, steps."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            table = _proc_table()
+            for pid in _descendants(table, [self.proc.pid]):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.wait()
 
     @property
     def wall(self) -> float:
         """Seconds from start to exit."""
         if self.t_end is None:
-            raise RuntimeError("stepup boot has not finished yet")
+            raise RuntimeError("stepup has not finished yet")
         return self.t_end - self.t_start
 
     def reports(self, action: str) -> dict[str, float]:
@@ -191,7 +281,8 @@ class BootRun:
         Returns
         -------
         times
-            Step folder as StepUp prints it (e.g. `job01/`, `./` for the top folder) → time.
+            Step folder with a trailing slash (e.g. `job01/`, `./` for the top folder) → time.
+            (StepUp 3 prints the slash, StepUp 4 does not.)
         """
         result = {}
         for stamp, line in self.lines:
@@ -199,7 +290,7 @@ class BootRun:
             if match is None or match.group(1) != action:
                 continue
             wd = _RE_WORKDIR.search(match.group(2))
-            result.setdefault("./" if wd is None else wd.group(1), stamp)
+            result.setdefault("./" if wd is None else wd.group(1).rstrip("/") + "/", stamp)
         return result
 
     def text(self) -> str:
@@ -216,22 +307,22 @@ class BootRun:
 
 @dataclass
 class Workflow:
-    """A StepUp workflow in a benchmark folder, run with the `stepup` of a given install.
+    """A StepUp workflow in a benchmark folder, run by a given host.
 
     Parameters
     ----------
     root
         The workflow's folder.
-    stepup
-        The `stepup` executable to run.
+    host
+        The install of StepUp (Queue) that runs it.
     env
-        The environment of `stepup boot`.
+        The environment of `stepup`.
     calls_dir
         Where the logging wrappers of the SLURM commands write.
     """
 
     root: Path
-    stepup: Path
+    host: Host
     env: dict[str, str]
     calls_dir: Path
 
@@ -240,7 +331,7 @@ class Workflow:
         cls,
         parent: Path,
         name: str,
-        stepup: Path,
+        host: Host,
         cold_home: bool = False,
         cache_dir: Path | None = None,
     ) -> "Workflow":
@@ -252,8 +343,8 @@ class Workflow:
             The folder in which the workflow folder is made.
         name
             The name of the workflow folder.
-        stepup
-            The `stepup` executable to run.
+        host
+            The install of StepUp (Queue) that runs it.
         cold_home
             Also give the workflow an empty home folder, for StepUp Queue installs that keep
             their cache in `~/.cache/stepup-queue` without `STEPUP_QUEUE_CACHE_DIR` (<= 1.0.2).
@@ -278,15 +369,17 @@ class Workflow:
                 f'exec {shlex.quote(real)} "$@"\n'
             )
             wrapper.chmod(0o755)
-        env = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV}
+        # No setting of the caller (StepUp's, StepUp Queue's) may change the benchmark.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STEPUP_")}
         env["STEPUP_QUEUE_CACHE_DIR"] = str(cache_dir or parent / f"{name}.cache")
-        env["PATH"] = f"{bindir}:{stepup.parent}:{env['PATH']}"
+        # StepUp 4 runs console scripts in its forkserver only when they are found on PATH.
+        env["PATH"] = f"{bindir}:{host.stepup.parent}:{env['PATH']}"
         if cold_home:
             home = parent / f"{name}.home"
             home.makedirs_p()
             env["HOME"] = str(home)
             env.pop("XDG_CACHE_HOME", None)
-        return cls(root, stepup, env, calls_dir)
+        return cls(root, host, env, calls_dir)
 
     def write(self, relpath: str, text: str, mode: int = 0o644) -> Path:
         """Write a (dedented) file in the workflow folder."""
@@ -300,11 +393,11 @@ class Workflow:
         """Write an executable plan.py with the given (dedented) body."""
         self.write("plan.py", "#!/usr/bin/env python3\n" + textwrap.dedent(body), 0o755)
 
-    def start(self, workers: int) -> BootRun:
-        """Start `stepup boot -n WORKERS` in the background."""
+    def start(self, slots: int) -> BuildRun:
+        """Start the workflow in the background, with at most `slots` steps at once."""
         t_start = time.time()
         proc = subprocess.Popen(
-            [self.stepup, "boot", "-n", str(workers)],
+            self.host.command(slots),
             cwd=self.root,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -314,7 +407,7 @@ class Workflow:
             bufsize=1,
             start_new_session=True,
         )
-        run = BootRun(proc, t_start)
+        run = BuildRun(proc, t_start)
         run._threads = [
             threading.Thread(target=run._read, daemon=True),
             threading.Thread(target=run._wait_exit, daemon=True),
@@ -323,19 +416,21 @@ class Workflow:
             thread.start()
         return run
 
-    def boot(self, workers: int, timeout: float = 600) -> BootRun:
-        """Run `stepup boot -n WORKERS` to the end.
+    def build(self, slots: int, timeout: float = 600) -> BuildRun:
+        """Run the workflow to the end, with at most `slots` steps at once.
 
         Raises
         ------
         RuntimeError
             When the workflow does not succeed; the message has StepUp's output.
         """
-        run = self.start(workers)
+        run = self.start(slots)
         returncode = run.wait(timeout)
+        # A failed step gives exit code 2 (StepUp 3) or one with bit 4 set (StepUp 4).
         if returncode != 0 or run.reports("FAIL"):
             raise RuntimeError(
-                f"stepup boot failed in {self.root} (exit code {returncode}):\n{run.text()}"
+                f"{self.host.describe(slots)} failed in {self.root} (exit code {returncode}):\n"
+                f"{run.text()}"
             )
         return run
 
@@ -349,6 +444,24 @@ class Workflow:
             stamp, cwd, args = line.split("\t", 2)
             result.append(Call(float(stamp), Path(cwd), tuple(shlex.split(args))))
         return result
+
+    def queries(self) -> tuple[list[Call], list[Call]]:
+        """The logged calls of squeue and scontrol from this workflow, in two lists.
+
+        Returns
+        -------
+        status
+            The calls that ask slurmctld for jobs: every squeue, and `scontrol show job`.
+        other
+            The other calls of scontrol, e.g. `scontrol show config`, which asks for no job.
+        """
+        status = self.calls("squeue")
+        other = []
+        for call in self.calls("scontrol"):
+            words = list(call.args)
+            asks_jobs = "show" in words[:-1] and words[words.index("show") + 1].startswith("job")
+            (status if asks_jobs else other).append(call)
+        return status, other
 
     def jobs(self, expected: int, timeout: float = 60) -> list[JobRecord]:
         """The accounting records of this workflow's jobs, once all `expected` have ended.
@@ -517,17 +630,22 @@ class ProcSample:
     pid
         The process id.
     cwd
-        Its working directory (a StepUp worker's is the folder of the step it runs).
+        Its working directory (that of a process that runs a step is the step's folder).
     cpu
         User and system CPU seconds, including those of its children that it waited for.
     rss
         Resident set size in MiB (VmRSS).
+    pss
+        Proportional set size in MiB (`Pss` of `/proc/PID/smaps_rollup`): shared pages count
+        for each process that maps them in proportion, so the PSS of all processes adds up to
+        the memory they use together.
     """
 
     pid: int
     cwd: Path
     cpu: float
     rss: float
+    pss: float
 
 
 def _proc_table() -> dict[int, tuple[int, str]]:
@@ -546,31 +664,57 @@ def _proc_table() -> dict[int, tuple[int, str]]:
     return table
 
 
-def worker_samples(pids: Iterable[int]) -> list[ProcSample]:
-    """Sample the StepUp workers below the given processes (e.g. `stepup boot` processes)."""
+def _descendants(table: dict[int, tuple[int, str]], pids: Iterable[int]) -> list[int]:
+    """The given processes and all their descendants, parents before children.
+
+    StepUp 4 runs its director, forkserver and steps in sessions of their own: only the parent
+    pids of `/proc/PID/stat` connect them to the `stepup build` process.
+    """
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    result = [pid for pid in pids if pid in table]
+    for pid in result:
+        result.extend(children.get(pid, []))
+    return result
+
+
+def _pss(pid: int) -> float:
+    """The PSS of a process in MiB."""
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    return int(re.search(r"^Pss:\s+(\d+)", rollup, re.MULTILINE).group(1)) / 1024
+
+
+def _sample(pid: int) -> ProcSample:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    status = Path(f"/proc/{pid}/status").read_text()
+    cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    # Fields 14-17 of /proc/PID/stat (utime, stime, cutime, cstime) are 11-14 here.
+    cpu = sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    rss_kb = int(re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE).group(1))
+    return ProcSample(pid, cwd, cpu, rss_kb / 1024, _pss(pid))
+
+
+def step_samples(pids: Iterable[int], host: Host) -> list[ProcSample]:
+    """Sample the processes that run steps below the given `stepup` processes of a host."""
     table = _proc_table()
-    tops = set(pids)
-    ticks = os.sysconf("SC_CLK_TCK")
     samples = []
-    for pid, (_, cmdline) in table.items():
-        if "stepup.core.worker" not in cmdline:
+    for pid in _descendants(table, pids):
+        ppid, cmdline = table[pid]
+        if not host.runs_step(cmdline, table.get(ppid, (0, ""))[1]):
             continue
-        ancestor = pid
-        while ancestor in table and ancestor not in tops:
-            ancestor = table[ancestor][0]
-        if ancestor not in tops:
-            continue
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            status = Path(f"/proc/{pid}/status").read_text()
-            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-        except OSError:
-            continue
-        # Fields 14-17 of /proc/PID/stat (utime, stime, cutime, cstime) are 11-14 here.
-        cpu = sum(int(value) for value in fields[11:15]) / ticks
-        rss_kb = int(re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE).group(1))
-        samples.append(ProcSample(pid, cwd, cpu, rss_kb / 1024))
+        with suppress(OSError):
+            samples.append(_sample(pid))
     return samples
+
+
+def tree_pss(pid: int) -> float:
+    """The PSS (MiB) of a `stepup` process and all its descendants together."""
+    total = 0.0
+    for member in _descendants(_proc_table(), [pid]):
+        with suppress(OSError):
+            total += _pss(member)
+    return total
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -603,3 +747,25 @@ def max_in_window(times: Sequence[float], width: float) -> int:
 def default_stepup() -> Path:
     """The `stepup` of the Python that runs the benchmarks."""
     return Path(sys.executable).parent / "stepup"
+
+
+def add_host_option(parser: argparse.ArgumentParser, repeat: bool = False):
+    """Add the option `--stepup PATH` that selects the host(s) of the benchmarks.
+
+    Parameters
+    ----------
+    parser
+        The parser of a benchmark's command line; `args.stepup` becomes a path, or a list of
+        paths when `repeat` is True (empty when the option is not given).
+    repeat
+        Whether the option may be given more than once.
+    """
+    parser.add_argument(
+        "--stepup",
+        type=Path,
+        action="append" if repeat else "store",
+        default=[] if repeat else default_stepup(),
+        metavar="PATH",
+        help="The stepup executable of the host, e.g. .venv3/bin/stepup for StepUp 3 "
+        f"(default: {default_stepup()})." + (" May be repeated." if repeat else ""),
+    )

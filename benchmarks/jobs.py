@@ -2,25 +2,29 @@
 
 Three kinds of steps run the same job bodies:
 
-- `queue`: a StepUp Queue `sbatch()` step (of the install whose `stepup` runs the workflow).
-- `poll`: the practical limit, a plain `runsh` step that submits the job with `sbatch` and
-  polls every 0.2 s for an exit-code file that the job script writes at its end.
-- `idle`: a plain `runsh` step that runs the body itself, without SLURM (a worker that never
-  imported StepUp Queue, for comparison of memory and CPU).
+- `queue`: a StepUp Queue `sbatch()` step (of the host that runs the workflow).
+- `poll`: the practical limit, a plain step that submits the job with `sbatch` and polls every
+  0.2 s for an exit-code file that the job script writes at its end. On StepUp 3 it is a
+  `runsh` step. On StepUp 4 it is a small Python script that runs the same shell command:
+  StepUp 4 runs such a script in a forkserver child, as it runs StepUp Queue's steps, while
+  it runs only about 18 shell steps (`run(..., shell=True)`) at once on two cores, which
+  would slow down the limit itself.
+- `idle`: a plain step that runs the body itself, without SLURM (for comparison of memory and
+  CPU with steps that never imported StepUp Queue).
 """
 
 from dataclasses import dataclass, field
 
 from path import Path
 
-from .common import BootRun, Workflow, cancel_leftovers, default_stepup, median
+from .common import BuildRun, Host, Workflow, cancel_leftovers, median
 
 __all__ = (
     "POLL_COMMAND",
     "RETRIES",
     "Job",
     "RunResult",
-    "boot_fresh",
+    "build_fresh",
     "measure_run",
     "run_variants",
     "write_jobs",
@@ -34,6 +38,11 @@ POLL_COMMAND = (
     "rm -f exitcode && sbatch --parsable -o slurmjob.out -e slurmjob.err slurmjob.sh > /dev/null"
     f" && while [ ! -s exitcode ]; do sleep {POLL_SECONDS}; done && exit $(cat exitcode)"
 )
+# The poll step on StepUp 4, see the module docstring.
+POLL_SCRIPT = (
+    "#!/usr/bin/env python3\nimport subprocess, sys\n"
+    f"sys.exit(subprocess.run({POLL_COMMAND!r}, shell=True).returncode)\n"
+)
 HEADER = "#!/usr/bin/env bash\n#SBATCH --job-name=stepup-bench\n#SBATCH --time={minutes}\n"
 # The file whose modification time is the end of the job script, per kind of step.
 END_FILE = {"queue": "slurmjob.ret", "poll": "exitcode"}
@@ -46,49 +55,54 @@ class Job:
     Attributes
     ----------
     workdir
-        Its folder, with a trailing slash as StepUp prints it, e.g. `job01/`.
+        Its folder, with a trailing slash, e.g. `job01/`.
     body
-        The shell commands of the job script (after the `#SBATCH` lines).
+        The shell commands of the job script (after the `#SBATCH` lines), or the command of
+        an `idle` step.
     inp
         Files (relative to `workdir`) the job reads, made by earlier jobs.
     out
         Files (relative to `workdir`) the job writes.
+    shell
+        Whether an `idle` step runs `body` in a shell. On StepUp 4, False runs its first word
+        as a console script in a forkserver child; StepUp 3 always uses a shell.
     """
 
     workdir: str
     body: str
     inp: tuple[str, ...] = ()
     out: tuple[str, ...] = ()
+    shell: bool = True
 
 
 def write_jobs(wf: Workflow, kind: str, jobs: list[Job], minutes: int = 5):
     """Write the job scripts and the plan.py of a workflow with one step per job."""
-    lines = [
-        "from stepup.core.api import runsh, static",
-        "from stepup.queue.api import sbatch" if kind == "queue" else "",
-    ]
+    host = wf.host
+    lines = [host.plan_imports()]
+    if kind == "queue":
+        lines.append("from stepup.queue.api import sbatch")
     for job in jobs:
         (wf.root / job.workdir).makedirs_p()
-        lines.append(f"static({job.workdir!r})")
         if kind == "idle":
-            lines.append(
-                f"runsh({job.body!r}, workdir={job.workdir!r}, inp={list(job.inp)!r}, "
-                f"out={list(job.out)!r})"
-            )
+            lines.extend(host.static(job.workdir))
+            lines.append(host.plain_step(job.body, job.workdir, job.inp, job.out, job.shell))
             continue
         script = HEADER.format(minutes=minutes) + job.body.rstrip() + "\n"
         if kind == "poll":
             script += "echo $? > exitcode\n"
         wf.write(job.workdir + "slurmjob.sh", script, 0o755)
-        lines.append(f"static({job.workdir + 'slurmjob.sh'!r})")
+        lines.extend(host.static(job.workdir, ["slurmjob.sh"]))
         if kind == "queue":
             lines.append(f"sbatch({job.workdir!r}, inp={list(job.inp)!r}, out={list(job.out)!r})")
+            continue
+        inp = ["slurmjob.sh", *job.inp]
+        out = ["exitcode", *job.out]
+        if host.major < 4:
+            lines.append(host.plain_step(POLL_COMMAND, job.workdir, inp, out))
         else:
-            inp = ["slurmjob.sh", *job.inp]
-            out = ["exitcode", *job.out]
-            lines.append(
-                f"runsh({POLL_COMMAND!r}, workdir={job.workdir!r}, inp={inp!r}, out={out!r})"
-            )
+            wf.write(job.workdir + "poll.py", POLL_SCRIPT, 0o755)
+            lines.extend(host.static(job.workdir, ["poll.py"]))
+            lines.append(host.plain_step("./poll.py", job.workdir, ["poll.py", *inp], out, False))
     wf.plan("\n".join(lines) + "\n")
 
 
@@ -101,7 +115,7 @@ class RunResult:
     kind
         `queue` or `poll` (see the module docstring).
     wall
-        Seconds from the start of `stepup boot` to its exit.
+        Seconds from the start of `stepup build` (or `boot`) to its exit.
     makespan
         SLURM's own makespan: first Submit to last End in sacct (whole seconds).
     latencies
@@ -115,13 +129,13 @@ class RunResult:
     fine_gaps
         The same, from the end of the script before it to the call of sbatch.
     queries
-        Calls of squeue and scontrol made by the workflow.
+        Status queries made by the workflow: calls of squeue and `scontrol show job`.
     phases
-        The wall time in five phases (seconds): `start` from the start of `stepup boot` to the
+        The wall time in five phases (seconds): `start` from the start of `stepup` to the
         start of the first job's step (StepUp's own start-up and the plan); `submit` from
         there to the first sbatch call; `slurm` from there to the end of the last job script
         (SLURM's part, with its queueing and start-up delays); `notice` from there to the last
-        step's success; `exit` from there to the exit of `stepup boot`.
+        step's success; `exit` from there to the exit of `stepup`.
     """
 
     kind: str
@@ -142,7 +156,7 @@ class RunResult:
 
 
 def measure_run(
-    wf: Workflow, kind: str, jobs: list[Job], run: BootRun, chained: bool = False
+    wf: Workflow, kind: str, jobs: list[Job], run: BuildRun, chained: bool = False
 ) -> RunResult:
     """Collect the figures of a finished run from StepUp's output, the files and sacct.
 
@@ -155,7 +169,7 @@ def measure_run(
     jobs
         The jobs of the workflow, in the order of their dependencies when `chained`.
     run
-        The finished `stepup boot`.
+        The finished run of the workflow.
     chained
         When True, each job depends on the one before it: the gaps are measured.
     """
@@ -200,21 +214,21 @@ def measure_run(
             "notice": max(dones) - max(known),
             "exit": run.t_end - max(dones),
         }
-    result.queries = len(wf.calls("squeue")) + len(wf.calls("scontrol"))
+    result.queries = len(wf.queries()[0])
     return result
 
 
-def boot_fresh(
+def build_fresh(
     parent: Path,
     name: str,
-    stepup: Path,
+    host: Host,
     kind: str,
     jobs: list[Job],
     *,
-    workers: int,
+    slots: int,
     timeout: float,
     tries: int = 2,
-) -> tuple[Workflow, BootRun]:
+) -> tuple[Workflow, BuildRun]:
     """Make a workflow and run it; when it fails, try again in a fresh folder.
 
     A run can fail for reasons outside StepUp Queue, e.g. a StepUp worker that does not start
@@ -227,15 +241,15 @@ def boot_fresh(
         The folder in which the workflow folder is made.
     name
         The name of the workflow folder.
-    stepup
-        The `stepup` executable to run.
+    host
+        The install of StepUp (Queue) that runs the workflow.
     kind
         `queue` or `poll` (see the module docstring), or `other`: `queue` steps run by
         another StepUp Queue install, which gets a fresh home folder for its cache.
     jobs
         The jobs of the workflow.
-    workers
-        The number of StepUp workers.
+    slots
+        The number of steps StepUp runs at once (`-n` of StepUp 3, `-j` of StepUp 4).
     timeout
         Seconds after which a run is stopped.
     tries
@@ -243,10 +257,10 @@ def boot_fresh(
     """
     for attempt in range(tries):
         suffix = "" if attempt == 0 else f"-retry{attempt}"
-        wf = Workflow.create(parent, name + suffix, stepup, kind == "other")
+        wf = Workflow.create(parent, name + suffix, host, kind == "other")
         write_jobs(wf, "poll" if kind == "poll" else "queue", jobs)
         try:
-            return wf, wf.boot(workers, timeout)
+            return wf, wf.build(slots, timeout)
         except (RuntimeError, TimeoutError) as exc:
             cancel_leftovers(wf.root)
             if attempt + 1 == tries:
@@ -261,11 +275,12 @@ def run_variants(
     parent: Path,
     tag: str,
     jobs: list[Job],
+    host: Host,
     *,
     repeats: int,
-    workers: int,
+    slots: int,
     timeout: float,
-    others: dict[str, Path] | None = None,
+    others: dict[str, Host] | None = None,
     chained: bool = False,
 ) -> dict[str, list[RunResult]]:
     """Run one workflow with each kind of step, `repeats` times, alternating the kinds.
@@ -278,14 +293,16 @@ def run_variants(
         The name of the benchmark, used in folder names and progress lines.
     jobs
         The jobs of the workflow.
+    host
+        The install of StepUp (Queue) that runs the `queue` and `poll` variants.
     repeats
         How often each variant runs.
-    workers
-        The number of StepUp workers (`stepup boot -n`).
+    slots
+        The number of steps StepUp runs at once (`-n` of StepUp 3, `-j` of StepUp 4).
     timeout
         Seconds after which a run is given up.
     others
-        Name → `stepup` of other StepUp Queue installs to compare with.
+        Name → other StepUp Queue installs to compare with.
     chained
         True when the jobs depend on each other in the given order (see `measure_run`).
 
@@ -294,13 +311,13 @@ def run_variants(
     results
         Variant name (`queue`, `poll` or a name of `others`) → one result per repetition.
     """
-    variants = {"queue": ("queue", default_stepup()), "poll": ("poll", default_stepup())}
-    variants |= {name: ("other", stepup) for name, stepup in (others or {}).items()}
+    variants = {"queue": ("queue", host), "poll": ("poll", host)}
+    variants |= {name: ("other", other) for name, other in (others or {}).items()}
     results: dict[str, list[RunResult]] = {name: [] for name in variants}
     for rep in range(repeats):
-        for name, (kind, stepup) in variants.items():
-            wf, run = boot_fresh(
-                parent, f"{tag}-{name}-{rep}", stepup, kind, jobs, workers=workers, timeout=timeout
+        for name, (kind, runner) in variants.items():
+            wf, run = build_fresh(
+                parent, f"{tag}-{name}-{rep}", runner, kind, jobs, slots=slots, timeout=timeout
             )
             result = measure_run(wf, "poll" if kind == "poll" else "queue", jobs, run, chained)
             line = f"  {tag} {name} #{rep}: {result.summary()}"

@@ -1,15 +1,15 @@
-"""Workflow overhead: `stepup boot -n 20` of 20 independent jobs that each sleep 2 s.
+"""Workflow overhead: 20 independent jobs that each sleep 2 s, with as many steps at once.
 
-The same jobs run as StepUp Queue `sbatch()` steps and as plain `runsh` steps that poll for an
+The same jobs run as StepUp Queue `sbatch()` steps and as plain steps that poll for an
 exit-code file every 0.2 s (the practical limit), alternating, in fresh folders each time.
-Run alone with `python -m benchmarks.overhead`.
+Run alone with `python -m benchmarks.overhead [--stepup PATH]`.
 """
 
 import argparse
 
 from path import Path
 
-from .common import bench_folder
+from .common import Host, add_host_option, bench_folder
 from .jobs import Job, RunResult, run_variants
 
 __all__ = ("independent_jobs", "run_overhead")
@@ -22,10 +22,12 @@ def independent_jobs(count: int, seconds: float) -> list[Job]:
 
 def run_overhead(
     parent: Path,
+    host: Host,
+    *,
     repeats: int = 1,
     count: int = 20,
     seconds: float = 2.0,
-    others: dict[str, Path] | None = None,
+    others: dict[str, Host] | None = None,
 ) -> dict[str, list[RunResult]]:
     """Run the independent-jobs workflow with each kind of step, `repeats` times.
 
@@ -33,14 +35,16 @@ def run_overhead(
     ----------
     parent
         The folder in which the workflow folders are made.
+    host
+        The install of StepUp (Queue) that runs the workflows.
     repeats
         How often each variant runs (alternating).
     count
-        The number of jobs, and of StepUp workers.
+        The number of jobs, and of steps StepUp runs at once.
     seconds
         How long each job sleeps.
     others
-        Name → `stepup` of other StepUp Queue installs to compare with.
+        Name → other StepUp Queue installs to compare with.
 
     Returns
     -------
@@ -49,16 +53,17 @@ def run_overhead(
     """
     jobs = independent_jobs(count, seconds)
     return run_variants(
-        parent, "overhead", jobs, repeats=repeats, workers=count, timeout=300, others=others
+        parent, "overhead", jobs, host, repeats=repeats, slots=count, timeout=300, others=others
     )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1)
+    add_host_option(parser)
     args = parser.parse_args()
     with bench_folder() as parent:
-        run_overhead(parent, args.repeats)
+        run_overhead(parent, Host.detect(args.stepup), repeats=args.repeats)
 
 
 if __name__ == "__main__":
