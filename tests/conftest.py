@@ -2,6 +2,7 @@
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import shutil
 import signal
@@ -440,6 +441,17 @@ def jobtools(workflow) -> Iterator[JobTools]:
     finally:
         if tools.ids:
             subprocess.run(["scancel", *map(str, tools.ids)], check=False)
+
+
+def lock_free(path: Path) -> bool:
+    """True when nobody holds the flock on `path`."""
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
 
 
 def descendants(pid: int) -> list[int]:

@@ -1,12 +1,11 @@
 """End-to-end behaviour of the sbatch step: real `stepup boot` on the real local SLURM."""
 
-import fcntl
 import os
 import subprocess
 import time
 
 import pytest
-from conftest import FAILED_RC, Workflow, scontrol_state, wait_for
+from conftest import FAILED_RC, Workflow, lock_free, scontrol_state, wait_for
 from path import Path
 
 from benchmarks.common import diff_counts, sdiag_counts
@@ -505,7 +504,7 @@ def test_cache_lock_held_by_a_stopped_process(workflow: Workflow):
     cache.path.remove()
     holder = subprocess.Popen(["flock", cache.path + ".lock", "sleep", "600"])
     try:
-        wait_for(lambda: not _lock_free(cache.path + ".lock"), 10, "flock to take the lock")
+        wait_for(lambda: not lock_free(cache.path + ".lock"), 10, "flock to take the lock")
         start = time.monotonic()
         result = workflow.boot(env=env, timeout=90)
         elapsed = time.monotonic() - start
@@ -516,16 +515,6 @@ def test_cache_lock_held_by_a_stopped_process(workflow: Workflow):
     assert (workflow.root / "job/slurmjob.out").read_text() == "done\n"
     assert "without the lock" in result.stdout
     assert elapsed < 60
-
-
-def _lock_free(path: Path) -> bool:
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return True
 
 
 def test_job_runs_a_workflow_of_its_own(workflow: Workflow):
