@@ -93,17 +93,23 @@ def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str
         joblog = read_log(log_path)
         print(f"{what} job {joblog.job_id}{_on_cluster(joblog)}")
     elif not joblog.done:
-        records = sacct_records([joblog.job_id], joblog.cluster, config.command_timeout)
-        if records is not None and joblog.job_id in records:
-            _check_same_job(joblog, records[joblog.job_id], config)
+        _account_record(joblog, config)
         print(f"Waiting for job {joblog.job_id}{_on_cluster(joblog)}, submitted earlier")
         first_query = 0.0
     state = joblog.last_state if joblog.done else _wait(joblog, config, first_query)
     return _finish(joblog, state, config)
 
 
-def _check_same_job(joblog: JobLog, record: dict[str, str], config: Config):
-    """Refuse to wait for (or cancel) a job that only shares its id with the logged job."""
+def _account_record(joblog: JobLog, config: Config) -> dict[str, str] | None:
+    """SLURM's accounting record of the logged job, `None` when sacct does not know it.
+
+    Raises a JobError for a job that only shares its id with the logged job: such a job is
+    never waited for (or cancelled).
+    """
+    records = sacct_records([joblog.job_id], joblog.cluster, config.command_timeout)
+    record = None if records is None else records.get(joblog.job_id)
+    if record is None:
+        return None
     why = stranger(
         joblog.job_id, record, os.getcwd(), joblog.submitted_time, config.command_timeout
     )
@@ -113,6 +119,7 @@ def _check_same_job(joblog: JobLog, record: dict[str, str], config: Config):
             "and not cancelled. The logged job ended long ago: to submit it again, remove "
             f"{LOG_NAME} in this folder by hand (the job tools do not touch such a log)."
         )
+    return record
 
 
 def _on_cluster(joblog: JobLog) -> str:
@@ -262,10 +269,7 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
                 current = snapshot.states.get(joblog.job_id)
                 if current is None:
                     # Purged from slurmctld's memory (MinJobAge): ask the accounting database.
-                    records = sacct_records([joblog.job_id], joblog.cluster, config.command_timeout)
-                    record = None if records is None else records.get(joblog.job_id)
-                    if record is not None:
-                        _check_same_job(joblog, record, config)
+                    record = _account_record(joblog, config)
                     current = None if record is None else record["State"]
                 if current is not None and current != state:
                     append_record(joblog.path, current)
