@@ -94,7 +94,7 @@ def test_cancel_workflow_then_boot_reports_cancelled(jobtools: JobTools):
     assert lines[2].split()[-1] == "running"
     assert "Summary: found 2 jobs, cancelled 2, skipped 0, errors 0. (1 scancel call)" in lines
     assert jobtools.calls("scancel") == [" ".join(map(str, sorted([pending, running])))]
-    assert jobtools.calls("squeue") == ["--me -t all -h -o %i|%T|%k"]
+    assert jobtools.calls("squeue") == ["--me -t all -h -o %i|%T|%k|%r|%Z"]
     assert snapshot(wf.root, outputs=False) == before
     wait_for(lambda: scontrol_state(pending) == scontrol_state(running) == "CANCELLED", 30)
 
@@ -227,7 +227,7 @@ def test_interrupted_submission_found_by_token(jobtools: JobTools):
     assert "./never/slurmjob.log has no Submitted record" in result.stderr
     assert "stepup-queue-0000000000000000" in result.stderr
     assert "Summary: found 2 jobs, cancelled 2, skipped 0, errors 1." in result.stdout
-    assert jobtools.calls("squeue") == ["--me -t all -h -o %i|%T|%k"]
+    assert jobtools.calls("squeue") == ["--me -t all -h -o %i|%T|%k|%r|%Z"]
     assert snapshot(root, outputs=False) == before
     wait_for(lambda: scontrol_state(held) == scontrol_state(running) == "CANCELLED", 30)
 

@@ -140,9 +140,9 @@ def test_ask_slurm_one_squeue_per_cluster(jobtools: JobTools, monkeypatch):
     assert "nosuchcluster" in unreachable["nosuchcluster"]
     assert sorted(jobtools.calls("squeue")) == sorted(
         [
-            "--me -t all -h -o %i|%T|%k",
-            "-M localcluster --me -t all -h -o %i|%T|%k",
-            "-M nosuchcluster --me -t all -h -o %i|%T|%k",
+            "--me -t all -h -o %i|%T|%k|%r|%Z",
+            "-M localcluster --me -t all -h -o %i|%T|%k|%r|%Z",
+            "-M nosuchcluster --me -t all -h -o %i|%T|%k|%r|%Z",
         ]
     )
     by_id = {job.job_id: job for job in jobs}

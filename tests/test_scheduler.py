@@ -67,17 +67,32 @@ def data(name: str) -> str:
 
 @pytest.mark.parametrize("name", ["squeue_me.txt", "squeue_me_localcluster.txt"])
 def test_parse_squeue_captured(name):
-    states, comments = parse_squeue(data(name))
-    assert states == STATES
-    assert comments == COMMENTS
+    listing = parse_squeue(data(name))
+    assert listing.states == STATES
+    assert listing.comments == COMMENTS
 
 
 @pytest.mark.parametrize("name", ["squeue_me_after_scancel.txt", "squeue_me_localcluster_no_h.txt"])
 def test_parse_squeue_captured_after_scancel(name):
     # The second file starts with "CLUSTER: localcluster" and "JOBID|STATE|COMMENT".
-    states, comments = parse_squeue(data(name))
-    assert states == STATES_AFTER_SCANCEL
-    assert comments == COMMENTS
+    listing = parse_squeue(data(name))
+    assert listing.states == STATES_AFTER_SCANCEL
+    assert listing.comments == COMMENTS
+
+
+def test_parse_squeue_reasons_and_workdirs_captured():
+    listing = parse_squeue(data("squeue_me_reasons.txt"))
+    assert listing.states == {10833: "PENDING", 10834: "RUNNING"}
+    assert listing.comments == {10833: "stepup-queue-00112233aabbccdd"}
+    assert listing.reasons == {10833: "JobHeldUser"}
+    assert listing.workdirs == {10833: "/tmp/cap/a", 10834: "/tmp/cap/b"}
+
+
+def test_parse_squeue_bars_in_comment_and_workdir():
+    listing = parse_squeue("5|PENDING|a|b|Priority|/x|y\n")
+    assert listing.comments == {5: "a|b"}
+    assert listing.reasons == {5: "Priority"}
+    assert listing.workdirs == {5: "/x|y"}
 
 
 def test_parse_squeue_skips_what_is_not_a_plain_job():
@@ -93,17 +108,15 @@ def test_parse_squeue_skips_what_is_not_a_plain_job():
         "19|PENDING|",
         "20+x|PENDING|",
     ]
-    states, comments = parse_squeue("\n".join(lines) + "\n")
-    assert states == {17: "RUNNING", 18: "COMPLETING", 19: "PENDING"}
-    assert comments == {17: "with|bars"}
+    listing = parse_squeue("\n".join(lines) + "\n")
+    assert listing.states == {17: "RUNNING", 18: "COMPLETING", 19: "PENDING"}
+    assert listing.comments == {17: "with|bars"}
 
 
 def test_parse_squeue_heterogeneous_job():
     """Captured for `sbatch --hold -n1 : -n1 het.sh` (job 6666), then with made-up states."""
-    assert parse_squeue("6666+1|PENDING|(null)\n6666+0|PENDING|(null)\n") == (
-        {6666: "PENDING"},
-        {},
-    )
+    listing = parse_squeue("6666+1|PENDING|(null)\n6666+0|PENDING|(null)\n")
+    assert listing == ({6666: "PENDING"}, {}, {}, {})
     # One component that has not ended keeps the job alive, in either order.
     for lines in ["7+0|COMPLETED|\n7+1|RUNNING|\n", "7+0|RUNNING|\n7+1|COMPLETED|\n"]:
         assert parse_squeue(lines)[0] == {7: "RUNNING"}
@@ -111,7 +124,7 @@ def test_parse_squeue_heterogeneous_job():
 
 
 def test_parse_squeue_empty():
-    assert parse_squeue("") == ({}, {})
+    assert parse_squeue("") == ({}, {}, {}, {})
 
 
 # parse_scontrol
@@ -119,19 +132,20 @@ def test_parse_squeue_empty():
 
 @pytest.mark.parametrize("name", ["scontrol_show_job.txt", "scontrol_show_job_oneline.txt"])
 def test_parse_scontrol_captured(name):
-    states, comments = parse_scontrol(data(name))
-    assert states == STATES
-    assert comments == COMMENTS
+    listing = parse_scontrol(data(name))
+    assert listing.states == STATES
+    assert listing.comments == COMMENTS
 
 
 def test_parse_scontrol_captured_with_cluster_after_scancel():
-    states, comments = parse_scontrol(data("scontrol_show_job_cluster_after_scancel.txt"))
-    assert states == STATES_AFTER_SCANCEL
-    assert comments == COMMENTS
+    listing = parse_scontrol(data("scontrol_show_job_cluster_after_scancel.txt"))
+    assert listing.states == STATES_AFTER_SCANCEL
+    assert listing.comments == COMMENTS
 
 
 def test_parse_scontrol_agrees_with_parse_squeue():
-    assert parse_scontrol(data("scontrol_show_job.txt")) == parse_squeue(data("squeue_me.txt"))
+    listing = parse_scontrol(data("scontrol_show_job.txt"))
+    assert listing[:2] == parse_squeue(data("squeue_me.txt"))[:2]
 
 
 def test_parse_scontrol_other_fields_are_not_taken_for_comment_or_state():
@@ -139,15 +153,16 @@ def test_parse_scontrol_other_fields_are_not_taken_for_comment_or_state():
         "JobId=21 JobName=x AdminComment=admin SystemComment=sys JobState=RUNNING Reason=None\n"
         "JobId=22 JobName=y\n   JobState=PENDING Reason=JobHeldUser\n   Comment=tok \n"
     )
-    states, comments = parse_scontrol(text)
-    assert states == {21: "RUNNING", 22: "PENDING"}
-    assert comments == {22: "tok"}
+    listing = parse_scontrol(text)
+    assert listing.states == {21: "RUNNING", 22: "PENDING"}
+    assert listing.comments == {22: "tok"}
+    assert listing.reasons == {22: "JobHeldUser"}
 
 
 @pytest.mark.parametrize("text", ["", "No jobs in the system\n"])
 def test_parse_scontrol_no_jobs(text):
     # What `scontrol show job` prints (exit code 0) when slurmctld has no jobs in memory.
-    assert parse_scontrol(text) == ({}, {})
+    assert parse_scontrol(text) == ({}, {}, {}, {})
 
 
 # parse_sacct
@@ -395,7 +410,7 @@ def fakebin(tmp_path, monkeypatch):
 
 
 def test_squeue_command():
-    assert squeue_command(None) == ["squeue", "--me", "-t", "all", "-h", "-o", "%i|%T|%k"]
+    assert squeue_command(None) == ["squeue", "--me", "-t", "all", "-h", "-o", "%i|%T|%k|%r|%Z"]
     assert squeue_command("c1") == [
         "squeue",
         "-M",
@@ -405,7 +420,7 @@ def test_squeue_command():
         "all",
         "-h",
         "-o",
-        "%i|%T|%k",
+        "%i|%T|%k|%r|%Z",
     ]
 
 
@@ -522,11 +537,11 @@ def test_state_cache_queries_once_within_timeout(slurm, tmp_path, logged_squeue)
     before = datetime.now()
     first = cache.snapshot()
     second = cache.snapshot()
-    assert logged_squeue.read_text() == "--me -t all -h -o %i|%T|%k\n"
+    assert logged_squeue.read_text() == "--me -t all -h -o %i|%T|%k|%r|%Z\n"
     assert first.ok
     assert second == first
     _, _, output = check_cache_file(cache.path, before)
-    assert parse_squeue(output) == (first.states, first.comments)
+    assert parse_squeue(output) == first.listing
     # Named after the ClusterName of the local SLURM.
     assert cache.path == Path(tmp_path) / "cache" / "squeue_me.default.localcluster.out"
     assert (cache.path + ".lock").is_file()
@@ -538,7 +553,7 @@ def test_state_cache_with_cluster(slurm, tmp_path, logged_squeue):
     before = datetime.now()
     snapshot = cache.snapshot()
     cache.snapshot()
-    assert logged_squeue.read_text() == "-M localcluster --me -t all -h -o %i|%T|%k\n"
+    assert logged_squeue.read_text() == "-M localcluster --me -t all -h -o %i|%T|%k|%r|%Z\n"
     assert snapshot.ok
     check_cache_file(Path(tmp_path) / "cache" / "squeue_me.localcluster.out", before)
 
@@ -730,7 +745,7 @@ def test_state_cache_two_hundred_processes_query_once(slurm, tmp_path, logged_sq
     for process in processes:
         process.join()
     assert answers == [True] * 200
-    assert logged_squeue.read_text() == "--me -t all -h -o %i|%T|%k\n"
+    assert logged_squeue.read_text() == "--me -t all -h -o %i|%T|%k|%r|%Z\n"
 
 
 # The user's SLURM settings (input environment variables) do not change what is parsed
@@ -773,8 +788,8 @@ def test_queries_ignore_the_user_slurm_settings(slurm, tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     try:
         squeue = run_command(squeue_command(None), timeout=20)
-        states, comments = parse_squeue(squeue.stdout)
-        assert (states[job_id], comments[job_id]) == ("PENDING", token)
+        listing = parse_squeue(squeue.stdout)
+        assert (listing.states[job_id], listing.comments[job_id]) == ("PENDING", token)
         wait_for(lambda: sacct_state(job_id, None, 20) == "PENDING", 60, "sacct to list it")
         args = ["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "JobIDRaw,Submit"]
         submit_time = parse_sacct(run_command(args, timeout=20).stdout, ("JobIDRaw", "Submit"))

@@ -49,6 +49,8 @@ class FoundJob:
         True when SLURM answered the query for this job's cluster.
     live
         The state SLURM lists for the job now, `None` when it is not listed (or not asked).
+    reason
+        Why SLURM keeps the job pending (e.g. `Priority`), `None` when it does not say.
     token_id
         For a log without `Submitted` record: the job that SLURM lists with the log's token.
     account
@@ -62,6 +64,7 @@ class FoundJob:
     ret: int | str | None
     asked: bool = False
     live: str | None = None
+    reason: str | None = None
     token_id: int | None = None
     account: dict[str, str] | None = None
     margin: float = 60.0
@@ -263,13 +266,14 @@ def ask_slurm(jobs: list[FoundJob], timeout: float) -> dict[str | None, str]:
         if result.returncode != 0:
             unreachable[cluster] = result.describe()
             continue
-        states, comments = parse_squeue(result.stdout)
-        by_token = {comment: job_id for job_id, comment in comments.items()}
+        listing = parse_squeue(result.stdout)
+        by_token = {comment: job_id for job_id, comment in listing.comments.items()}
         for job in cluster_jobs:
             job.asked = True
             if job.log.job_id is None:
                 job.token_id = by_token.get(job.log.token)
-            job.live = states.get(job.job_id)
+            job.live = listing.states.get(job.job_id)
+            job.reason = listing.reasons.get(job.job_id) or None
         # squeue lists only the user's own jobs that slurmctld still holds: the others are
         # looked up in the accounting database, all in one call.
         unlisted = [job for job in cluster_jobs if job.job_id is not None and job.live is None]

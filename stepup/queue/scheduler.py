@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from path import Path
 
@@ -33,6 +34,7 @@ from .config import Config, ConfigError, QueryMethod
 
 __all__ = (
     "CommandResult",
+    "Listing",
     "Snapshot",
     "StateCache",
     "cancel",
@@ -52,7 +54,8 @@ __all__ = (
     "submit",
 )
 
-SQUEUE_FORMAT = "%i|%T|%k"
+# Comment first, as in the cache files of StepUp Queue 1.1.0 (see parse_squeue).
+SQUEUE_FORMAT = "%i|%T|%k|%r|%Z"
 # WorkDir last: it is the one field of our jobs that may contain a `|`.
 SACCT_FIELDS = ("JobIDRaw", "State", "Submit", "Comment", "WorkDir")
 # How much earlier than our Submitting record sacct may date the job's submission: it shows
@@ -264,6 +267,31 @@ def cancel(job_ids: Iterable[int], cluster: str | None, timeout: float) -> list[
     ]
 
 
+class Listing(NamedTuple):
+    """What a status query says about each job it lists, job id → value.
+
+    Attributes
+    ----------
+    states
+        The SLURM state of every job listed.
+    comments
+        The comment of jobs that have one.
+    reasons
+        Why a pending job waits (squeue's `%r`, e.g. `Priority`, `PartitionTimeLimit`).
+    workdirs
+        The folder each job runs in.
+    """
+
+    states: dict[int, str]
+    comments: dict[int, str]
+    reasons: dict[int, str]
+    workdirs: dict[int, str]
+
+    @classmethod
+    def empty(cls) -> "Listing":
+        return cls({}, {}, {}, {})
+
+
 @dataclass
 class Snapshot:
     """What SLURM said about the jobs at one moment.
@@ -273,49 +301,71 @@ class Snapshot:
     time
         When the query ran (local time).
     returncode
-        The exit code of the query; the states are only meaningful when it is zero.
-    states
-        Job id → SLURM state, for every job listed.
-    comments
-        Job id → comment, for jobs that have one.
+        The exit code of the query; the listing is only meaningful when it is zero.
+    listing
+        What SLURM said about each job it listed.
     error
         What the command printed on standard error.
     """
 
     time: datetime
     returncode: int
-    states: dict[int, str] = field(default_factory=dict)
-    comments: dict[int, str] = field(default_factory=dict)
+    listing: Listing = field(default_factory=Listing.empty)
     error: str = ""
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0
 
+    @property
+    def states(self) -> dict[int, str]:
+        return self.listing.states
 
-def parse_squeue(text: str) -> tuple[dict[int, str], dict[int, str]]:
-    """Parse `squeue -h -o '%i|%T|%k'` output (a `CLUSTER:` line from -M is skipped).
+    @property
+    def comments(self) -> dict[int, str]:
+        return self.listing.comments
 
-    Returns
-    -------
-    states, comments
-        Job id → state and job id → comment. The components `ID+N` of a heterogeneous job
-        count as job `ID`, which has not ended while one of them has not. Array tasks are
-        skipped.
+    def active(self) -> list[int]:
+        """The jobs listed that have not ended: those that count against a submit limit."""
+        return sorted(job_id for job_id, state in self.states.items() if state in _SQUEUE_ACTIVE)
+
+
+def parse_squeue(text: str) -> Listing:
+    """Parse `squeue -h -o '%i|%T|%k|%r|%Z'` output (a `CLUSTER:` line from -M is skipped).
+
+    A comment or a work directory may contain `|`, a pending reason never does: the work
+    directory starts at the first `|REASON|/`. Lines with only `%i|%T|%k` (the cache files of
+    StepUp Queue 1.1.0) give no reason or work directory. The components `ID+N` of a
+    heterogeneous job count as job `ID`, which has not ended while one of them has not. Array
+    tasks are skipped.
     """
-    states = {}
-    comments = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|", 2)
-        leader, plus, component = parts[0].partition("+")
-        if len(parts) != 3 or not leader.isdigit() or not (plus == "" or component.isdigit()):
+    listing = Listing.empty()
+    for line in map(str.strip, text.splitlines()):
+        match = _RE_SQUEUE_LINE.fullmatch(line)
+        if match is not None:
+            job, state, comment, reason, workdir = match.groups()
+        else:
+            job, _, rest = line.partition("|")
+            state, bar, comment = rest.partition("|")
+            reason = workdir = ""
+            if bar == "":
+                continue
+        leader, plus, component = job.partition("+")
+        if not leader.isdigit() or not (plus == "" or component.isdigit()):
             continue
         job_id = int(leader)
-        if states.get(job_id) not in _SQUEUE_ACTIVE:
-            states[job_id] = parts[1]
-        if parts[2] not in ("", "(null)"):
-            comments[job_id] = parts[2]
-    return states, comments
+        if listing.states.get(job_id) not in _SQUEUE_ACTIVE:
+            listing.states[job_id] = state
+            if reason not in ("", "None"):
+                listing.reasons[job_id] = reason
+        if comment not in ("", "(null)"):
+            listing.comments[job_id] = comment
+        if workdir != "":
+            listing.workdirs[job_id] = workdir
+    return listing
+
+
+_RE_SQUEUE_LINE = re.compile(r"([^|]*)\|([^|]*)\|(.*?)\|([^|]*)\|(/.*)")
 
 
 # squeue's states of a job that has not ended (squeue(1), JOB STATE CODES).
@@ -340,32 +390,27 @@ _SQUEUE_ACTIVE = frozenset(
 
 
 _RE_SCONTROL_JOB = re.compile(r"^JobId=([0-9]+)\s", re.MULTILINE)
-_RE_SCONTROL_STATE = re.compile(r"\bJobState=([A-Z_]+)")
-_RE_SCONTROL_COMMENT = re.compile(r"\bComment=(\S+)")
+_RE_SCONTROL_FIELDS = {
+    "states": re.compile(r"\bJobState=([A-Z_]+)"),
+    "comments": re.compile(r"\bComment=(\S+)"),
+    "reasons": re.compile(r"\bReason=([A-Za-z0-9_]+)"),
+    "workdirs": re.compile(r"\bWorkDir=(\S+)"),
+}
 
 
-def parse_scontrol(text: str) -> tuple[dict[int, str], dict[int, str]]:
-    """Parse `scontrol show job` output, in the multi-line or the one-line (-o) format.
-
-    Returns
-    -------
-    states, comments
-        Job id → state and job id → comment.
-    """
-    states = {}
-    comments = {}
+def parse_scontrol(text: str) -> Listing:
+    """Parse `scontrol show job` output, in the multi-line or the one-line (-o) format."""
+    listing = Listing.empty()
     matches = list(_RE_SCONTROL_JOB.finditer(text))
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         block = text[match.start() : end]
         job_id = int(match.group(1))
-        state = _RE_SCONTROL_STATE.search(block)
-        if state is not None:
-            states[job_id] = state.group(1)
-        comment = _RE_SCONTROL_COMMENT.search(block)
-        if comment is not None:
-            comments[job_id] = comment.group(1)
-    return states, comments
+        for name, pattern in _RE_SCONTROL_FIELDS.items():
+            found = pattern.search(block)
+            if found is not None and found.group(1) != "None":
+                getattr(listing, name)[job_id] = found.group(1)
+    return listing
 
 
 def parse_sacct(text: str, fields: tuple[str, ...] = SACCT_FIELDS) -> dict[int, dict[str, str]]:
@@ -541,12 +586,9 @@ class StateCache:
                     print(f"{lock} stayed locked for {timeout:g} s: asking SLURM without the lock")
                 cached = self._fresh() or self._query()
         stamp, returncode, output = cached
-        if self.config.query is QueryMethod.SCONTROL:
-            states, comments = parse_scontrol(output)
-        else:
-            states, comments = parse_squeue(output)
+        parse = parse_scontrol if self.config.query is QueryMethod.SCONTROL else parse_squeue
         error = "" if returncode == 0 else output
-        return Snapshot(stamp, returncode, states, comments, error)
+        return Snapshot(stamp, returncode, parse(output), error)
 
     def _fresh(self) -> tuple[datetime, int, str] | None:
         """The cached answer, when it is younger than the cache timeout."""
