@@ -50,6 +50,7 @@ def test_empty_values_mean_default():
         "STEPUP_SBATCH_SUBMIT_RETRIES",
         "STEPUP_SBATCH_SUBMIT_BACKOFF",
         "STEPUP_SBATCH_RET_TIMEOUT",
+        "STEPUP_SBATCH_HOPELESS_GRACE",
         "STEPUP_QUEUE_CACHE_DIR",
         "XDG_CACHE_HOME",
     ]
@@ -77,6 +78,7 @@ def test_from_environ_reads_os_environ(monkeypatch):
         ("STEPUP_SBATCH_SUBMIT_RETRIES", "submit_retries", "12", 12),
         ("STEPUP_SBATCH_SUBMIT_BACKOFF", "submit_backoff", "0.25", 0.25),
         ("STEPUP_SBATCH_RET_TIMEOUT", "ret_timeout", "600", 600.0),
+        ("STEPUP_SBATCH_HOPELESS_GRACE", "hopeless_grace", "900", 900.0),
         ("STEPUP_SBATCH_QUERY", "query", "squeue", QueryMethod.SQUEUE),
         ("STEPUP_SBATCH_QUERY", "query", "scontrol", QueryMethod.SCONTROL),
         ("STEPUP_SBATCH_QUERY", "query", " SControl ", QueryMethod.SCONTROL),
@@ -129,6 +131,7 @@ def test_debug_sleep_range():
         ("STEPUP_SBATCH_SUBMIT_RETRIES", "-1", "is too small"),
         ("STEPUP_SBATCH_SUBMIT_BACKOFF", "x", "is not a number"),
         ("STEPUP_SBATCH_RET_TIMEOUT", "-60", "is too small"),
+        ("STEPUP_SBATCH_HOPELESS_GRACE", "5 min", "is not a number"),
         ("STEPUP_SBATCH_QUERY", "sacct", "is not one of: squeue, scontrol"),
         ("STEPUP_SBATCH_DEBUG", "maybe", "is not a boolean"),
         ("STEPUP_QUEUE_ONCHANGE", "cancel", "is not one of: raise, resubmit, ignore"),

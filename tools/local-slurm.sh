@@ -115,6 +115,8 @@ InactiveLimit=0
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoreFlags=job_comment
+# Limits set with sacctmgr (e.g. MaxSubmitJobs, in the cluster-limit tests) are enforced.
+AccountingStorageEnforce=associations,limits
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
 NodeName=$host CPUs=$NODE_CPUS RealMemory=$mem State=UNKNOWN
@@ -169,8 +171,16 @@ start_slurmdbd() {
     rm -f "$STATE/run/slurmdbd.pid"
     slurmdbd
     wait_for slurmdbd 60 sacctmgr -n list cluster
+}
+
+add_associations() {
     if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
         sacctmgr -i add cluster "$CLUSTER" > /dev/null
+    fi
+    # With AccountingStorageEnforce, only users with an association may submit: root has one
+    # with the cluster; the tests also submit as nobody (a job of another user).
+    if ! sacctmgr -n -P list user format=user | grep -qx nobody; then
+        sacctmgr -i add user nobody account=root cluster="$CLUSTER" > /dev/null
     fi
 }
 
@@ -213,6 +223,7 @@ start() {
     start_munge
     start_mariadb
     start_slurmdbd
+    add_associations
     start_slurmctld
     start_slurmd
     wait_for "the node to become idle" 120 node_ready

@@ -74,6 +74,9 @@ class Config:
     ret_timeout
         `STEPUP_SBATCH_RET_TIMEOUT`: seconds to wait for `slurmjob.ret` to show an exit code
         once SLURM reports the job ended (or no longer lists it).
+    hopeless_grace
+        `STEPUP_SBATCH_HOPELESS_GRACE`: seconds a job may stay pending with a reason that never
+        resolves by itself (e.g. `PartitionTimeLimit`) before it is cancelled.
     cache_dir
         Where the shared scheduler cache lives: `$XDG_CACHE_HOME/stepup-queue`,
         `~/.cache/stepup-queue`, or `STEPUP_QUEUE_CACHE_DIR` when set.
@@ -90,6 +93,7 @@ class Config:
     submit_retries: int = 5
     submit_backoff: float = 10.0
     ret_timeout: float = 60.0
+    hopeless_grace: float = 300.0
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/stepup-queue").expanduser())
 
     @classmethod
@@ -127,6 +131,7 @@ class Config:
             submit_retries=int(_read_float(environ, "STEPUP_SBATCH_SUBMIT_RETRIES", 5, 0, True)),
             submit_backoff=_read_float(environ, "STEPUP_SBATCH_SUBMIT_BACKOFF", 10.0),
             ret_timeout=_read_float(environ, "STEPUP_SBATCH_RET_TIMEOUT", 60.0),
+            hopeless_grace=_read_float(environ, "STEPUP_SBATCH_HOPELESS_GRACE", 300.0),
             cache_dir=_cache_dir(environ),
         )
 

@@ -20,6 +20,10 @@ format that the original releases read. The `Submitted` record holds what
 
 The original StepUp Queue 2.x writes a bare `Submitting` record (no token) before sbatch: it is
 read as a submission that tagged no job.
+
+A job that SLURM keeps pending for a reason that never resolves by itself is cancelled; the
+record `Hopeless <REASON>` (e.g. `Hopeless PartitionTimeLimit`) then precedes the `CANCELLED`
+record, so that the original releases, which read the last record, see the final state.
 """
 
 import os
@@ -95,6 +99,8 @@ class JobLog:
         When the `Submitted` record was written.
     states
         The recorded (time, state) pairs, oldest first.
+    hopeless
+        The pending reason for which StepUp Queue cancelled the job, `None` when it did not.
     """
 
     path: Path
@@ -105,6 +111,7 @@ class JobLog:
     cluster: str | None = None
     submitted_time: datetime | None = None
     states: list[tuple[datetime, str]] = field(default_factory=list)
+    hopeless: str | None = None
 
     @property
     def last_state(self) -> str | None:
@@ -196,6 +203,8 @@ def _parse_record(joblog: JobLog, lineno: int, line: str):
         except ValueError as exc:
             raise _error(joblog.path, lineno, str(exc)) from None
         joblog.submitted_time = time
+    elif kind == "Hopeless" and rest != "" and joblog.job_id is not None:
+        joblog.hopeless = rest
     elif _RE_STATE.fullmatch(record) and joblog.job_id is not None:
         joblog.states.append((time, record))
     else:

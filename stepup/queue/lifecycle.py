@@ -7,6 +7,7 @@ through their own modules.
 import os
 import random
 import time
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 from path import Path
@@ -22,11 +23,15 @@ from .joblog import (
     record_submitted,
     start_log,
 )
+from .limits import hopeless_fix, is_submit_limit
 from .scheduler import (
+    CommandResult,
+    Snapshot,
     StateCache,
     cancel,
     find_by_token,
     is_transient,
+    query_jobs,
     sacct_records,
     stranger,
     submit,
@@ -81,15 +86,17 @@ def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str
     # Absolute paths, so that every message names the file in full.
     log_path = Path.cwd() / LOG_NAME
     joblog = read_log(log_path) if log_path.exists() else None
+    # A job of the old inputs that was cancelled just now, which SLURM may still list.
+    replaced = None
     if joblog is not None and joblog.digest != digest:
-        joblog = _inputs_changed(joblog, digest, config, script)
+        joblog, replaced = _inputs_changed(joblog, digest, config, script)
     if joblog is None:
         start_log(log_path, digest)
         joblog = JobLog(log_path, digest)
     # A fresh submission gives SLURM one cache period before its state is asked.
     first_query = config.cache_timeout
     if joblog.job_id is None:
-        what = _submit_once(joblog, script, rc, config, env)
+        what = _submit_once(joblog, script, rc, config, env, replaced=replaced)
         joblog = read_log(log_path)
         print(f"{what} job {joblog.job_id}{_on_cluster(joblog)}")
     elif not joblog.done:
@@ -128,7 +135,15 @@ def _on_cluster(joblog: JobLog) -> str:
 
 def _inputs_changed(
     joblog: JobLog, digest: str, config: Config, script: JobScript
-) -> JobLog | None:
+) -> tuple[JobLog | None, int | None]:
+    """Decide what to do with the job of a log whose inputs changed.
+
+    Returns
+    -------
+    joblog, cancelled
+        The log to keep waiting for (`None`: submit afresh), and the old job that was
+        cancelled, if any.
+    """
     job_id, cluster = joblog.job_id, joblog.cluster
     if job_id is None and joblog.submitting_time is not None:
         # A submission with the old inputs that was interrupted or refused: did it reach SLURM?
@@ -146,10 +161,10 @@ def _inputs_changed(
     if job_id is None:
         # Nothing to cancel or wait for: a fresh log, with no question to the user.
         print("Inputs changed; no job was submitted with the old inputs: submitting afresh")
-        return None
+        return None, None
     if config.onchange is OnChange.IGNORE:
         print(f"Inputs changed since job {job_id} was submitted; still waiting for it (ignore)")
-        return joblog
+        return joblog, None
     if config.onchange is OnChange.RAISE:
         raise JobError(
             f"The inputs of this step changed since job {job_id} was submitted from "
@@ -168,13 +183,23 @@ def _inputs_changed(
             if result.returncode != 0:
                 raise JobError(f"Could not cancel the old job {job_id}: {result.describe()}")
         print(f"Inputs changed: cancelled the old job {job_id}, submitting again")
-    return None
+        return None, job_id
+    return None, None
 
 
 def _submit_once(
-    joblog: JobLog, script: JobScript, rc: str | None, config: Config, env: dict[str, str]
+    joblog: JobLog,
+    script: JobScript,
+    rc: str | None,
+    config: Config,
+    env: dict[str, str],
+    *,
+    replaced: int | None,
 ) -> str:
     """Submit the job, or find the job that an interrupted earlier attempt submitted.
+
+    At a submit limit, wait for room in the queue and submit then. `replaced` is a job of
+    this folder that was cancelled just now, which SLURM may still list.
 
     Returns
     -------
@@ -182,14 +207,16 @@ def _submit_once(
         What happened, for the user: `Submitted`, or that the job was found.
     """
     wrapper = render_wrapper(script)
+    cache = StateCache(config, script.cluster)
     token, since = joblog.token, joblog.submitting_time
     # An interrupted attempt (ours, or a bare Submitting record of the original 2.x) may have
     # reached SLURM even though its job id was never logged: look before submitting.
     lookup = since is not None
     failure = None
-    for attempt in range(config.submit_retries + 1):
-        if attempt > 0:
-            time.sleep(config.submit_backoff * 2 ** (attempt - 1))
+    retries = 0
+    # The number of the user's queued jobs at which sbatch refused for a submit limit.
+    limit = None
+    while retries <= config.submit_retries:
         if lookup:
             certain, job_id = find_by_token(token, script.clusters, since, config)
             if job_id is not None:
@@ -197,33 +224,129 @@ def _submit_once(
                 record_submitted(joblog.path, f"{job_id}{suffix}")
                 return "Found the interrupted submission's"
             if not certain:
+                retries = _back_off(retries, config)
                 continue
-        if token is None:
-            token = f"stepup-queue-{os.urandom(8).hex()}"
-            since = append_record(joblog.path, f"Submitting {token}")
-        lookup = True
-        # An exit code left by an earlier job must never be taken for this submission's.
-        Path(RET_NAME).write_text("")
-        result = submit(wrapper, rc=rc, token=token, timeout=config.command_timeout, env=env)
-        if result.returncode == 0:
-            lines = result.stdout.strip().splitlines()
-            submitted = lines[-1].strip() if lines else ""
-            try:
-                parse_submitted(submitted)
-            except ValueError:
-                raise JobError(
-                    f"sbatch succeeded but printed {result.stdout!r} instead of a job id. "
-                    "Does the rc command print to standard output? Send its output elsewhere."
-                ) from None
-            record_submitted(joblog.path, submitted)
-            return "Submitted"
+        if limit is not None:
+            _wait_for_room(cache, limit, config)
+        with cache.submit_turn() if limit is not None else nullcontext():
+            snapshot = cache.snapshot()
+            if limit is not None and (not snapshot.ok or len(snapshot.listing.active()) >= limit):
+                # Another step took the room.
+                continue
+            # Without an answer, trust the log: SLURM's answer only adds a safety check.
+            if snapshot.ok:
+                _check_no_live_job(snapshot, script.cluster, {token, replaced}, config)
+            if token is None:
+                token = f"stepup-queue-{os.urandom(8).hex()}"
+                since = append_record(joblog.path, f"Submitting {token}")
+            lookup = True
+            # An exit code left by an earlier job must never be taken for this submission's.
+            Path(RET_NAME).write_text("")
+            refused = datetime.now()
+            result = submit(wrapper, rc=rc, token=token, timeout=config.command_timeout, env=env)
+            if result.returncode == 0:
+                lines = result.stdout.strip().splitlines()
+                submitted = lines[-1].strip() if lines else ""
+                try:
+                    job_id, _ = parse_submitted(submitted)
+                except ValueError:
+                    raise JobError(
+                        f"sbatch succeeded but printed {result.stdout!r} instead of a job id. "
+                        "Does the rc command print to standard output? Send its output "
+                        "elsewhere."
+                    ) from None
+                record_submitted(joblog.path, submitted)
+                if limit is not None:
+                    cache.record_submission(job_id, token)
+                return "Submitted"
+        if is_submit_limit(result.stderr + result.stdout):
+            # A clear refusal: no job carries the token.
+            lookup = False
+            limit = _limit_at_refusal(cache, refused, result, config)
+            continue
         failure = result
         if not is_transient(result):
             break
         if config.debug:
             print(f"Transient failure, retrying: {result.describe()}")
+        retries = _back_off(retries, config)
     detail = failure.describe() if failure is not None else "SLURM could not be reached"
     raise JobError(f"Could not submit {Path.cwd() / script.path}: {detail}")
+
+
+def _back_off(retries: int, config: Config) -> int:
+    """Sleep before the next try of a failed submission; return the number of retries."""
+    if retries < config.submit_retries:
+        time.sleep(config.submit_backoff * 2**retries)
+    return retries + 1
+
+
+def _check_no_live_job(
+    snapshot: Snapshot, cluster: str | None, known: set[str | int | None], config: Config
+):
+    """Raise a JobError when a job of the user still runs from this folder (its log is gone).
+
+    `known` holds the token of this submission and the id of a job cancelled just now. The
+    cached answer may be older than a job that ended: a job it shows is confirmed with a fresh
+    query of that job alone.
+    """
+    here = os.path.realpath(os.getcwd())
+    listed = [
+        job_id
+        for job_id in snapshot.listing.active()
+        if job_id not in known
+        and snapshot.comments.get(job_id, "") not in known
+        and os.path.realpath(snapshot.listing.workdirs.get(job_id, "/")) == here
+    ]
+    if not listed:
+        return
+    listing = query_jobs(listed, cluster, config.command_timeout)
+    live = listed if listing is None else listing.active()
+    if live:
+        ids = ", ".join(map(str, live))
+        raise JobError(
+            f"SLURM still has job(s) {ids} of yours, queued or running in {here}, but "
+            f"{LOG_NAME} there does not record them (was the log removed?). A second job in the "
+            "same folder would overwrite their files. Wait until they end (squeue --me), or "
+            f"cancel them (scancel {ids.replace(', ', ' ')}), then run the workflow again."
+        )
+
+
+def _limit_at_refusal(
+    cache: StateCache, refused: datetime, result: CommandResult, config: Config
+) -> int:
+    """The number of the user's queued jobs when sbatch refused for a submit limit.
+
+    Raises a JobError when the user has no job queued: then waiting would not help.
+    """
+    while True:
+        snapshot = cache.snapshot()
+        if snapshot.ok and snapshot.time > refused:
+            break
+        _nap(config)
+    queued = len(snapshot.listing.active())
+    if queued == 0:
+        raise JobError(
+            f"sbatch refused {Path.cwd()} for a submit limit, while you have no job queued: "
+            f"{result.describe()}. The limit on queued jobs of your user, account or QOS is "
+            "probably 0: ask your cluster's administrators, or submit under another account "
+            "or QOS (#SBATCH -A / --qos in the job script)."
+        )
+    print(
+        f"SLURM refused the job: a submit limit is reached with {queued} of your jobs queued. "
+        "Waiting until one of them leaves the queue."
+    )
+    return queued
+
+
+def _wait_for_room(cache: StateCache, limit: int, config: Config):
+    """Wait until fewer than `limit` of the user's jobs are queued."""
+    while True:
+        # Random naps: steps that wait for room look at different moments.
+        _nap(config)
+        snapshot = cache.snapshot()
+        if snapshot.ok and len(snapshot.listing.active()) < limit:
+            return
 
 
 def _nap(config: Config, since: datetime | None = None):
@@ -253,6 +376,8 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
     trusted_after = submitted + timedelta(seconds=config.time_margin)
     state = joblog.last_state
     next_query = time.monotonic() + first_query
+    # Since when SLURM keeps the job pending for a reason that never resolves by itself.
+    hopeless_since = None
     while True:
         if read_ret() is not None:
             return state
@@ -276,7 +401,44 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
                     state = current
                 if current is None or current in FINAL_STATES:
                     return current
+                hopeless_since = _check_hopeless(joblog, snapshot, hopeless_since, config)
         _nap(config, submitted)
+
+
+def _check_hopeless(
+    joblog: JobLog, snapshot: Snapshot, since: datetime | None, config: Config
+) -> datetime | None:
+    """Cancel a job that pends for a reason that never resolves, after the grace period.
+
+    Returns
+    -------
+    since
+        Since when the job pends for such a reason, `None` when it does not.
+    """
+    reason = snapshot.listing.reasons.get(joblog.job_id, "")
+    pending = snapshot.states.get(joblog.job_id) == "PENDING"
+    fix = hopeless_fix(reason) if pending else None
+    if fix is None:
+        return None
+    since = since or snapshot.time
+    if (snapshot.time - since).total_seconds() < config.hopeless_grace:
+        return since
+    for result in cancel([joblog.job_id], joblog.cluster, config.command_timeout):
+        if result.returncode != 0:
+            raise JobError(
+                f"Job {joblog.job_id}{_on_cluster(joblog)} pends with SLURM's reason {reason}, "
+                f"which does not resolve by itself, but it could not be cancelled: "
+                f"{result.describe()}"
+            )
+    append_record(joblog.path, f"Hopeless {reason}")
+    append_record(joblog.path, "CANCELLED")
+    raise JobError(
+        f"Job {joblog.job_id}{_on_cluster(joblog)} was pending with SLURM's reason {reason}, "
+        f"which does not resolve by itself, for more than {config.hopeless_grace:g} s "
+        "(STEPUP_SBATCH_HOPELESS_GRACE): StepUp Queue cancelled it. Likely fix: "
+        f"{fix}. Then clear the job folder (stepup removejobs --commit) and run the "
+        "workflow again."
+    )
 
 
 def _finish(joblog: JobLog, state: str | None, config: Config) -> int:

@@ -46,6 +46,7 @@ __all__ = (
     "parse_sacct",
     "parse_scontrol",
     "parse_squeue",
+    "query_jobs",
     "run_command",
     "sacct_records",
     "sacct_state",
@@ -291,6 +292,10 @@ class Listing(NamedTuple):
     def empty(cls) -> "Listing":
         return cls({}, {}, {}, {})
 
+    def active(self) -> list[int]:
+        """The jobs listed that have not ended: those that count against a submit limit."""
+        return sorted(job_id for job_id, state in self.states.items() if state in _SQUEUE_ACTIVE)
+
 
 @dataclass
 class Snapshot:
@@ -324,10 +329,6 @@ class Snapshot:
     @property
     def comments(self) -> dict[int, str]:
         return self.listing.comments
-
-    def active(self) -> list[int]:
-        """The jobs listed that have not ended: those that count against a submit limit."""
-        return sorted(job_id for job_id, state in self.states.items() if state in _SQUEUE_ACTIVE)
 
 
 def parse_squeue(text: str) -> Listing:
@@ -590,6 +591,38 @@ class StateCache:
         error = "" if returncode == 0 else output
         return Snapshot(stamp, returncode, parse(output), error)
 
+    @contextmanager
+    def submit_turn(self) -> Iterator[None]:
+        """Take turns with the other steps that wait for room under a submit limit.
+
+        The lock is held while a step checks for room and submits, so that one freed slot
+        is taken by one step, not raced for by all.
+        """
+        if self.locate() is not None:
+            yield
+            return
+        self.config.cache_dir.makedirs_p()
+        with _locked(self.path + ".submit.lock", self.config.command_timeout):
+            yield
+
+    def record_submission(self, job_id: int, token: str):
+        """Add a job just submitted to the cached answer, as pending in the current folder.
+
+        The steps that wait for room count it at once, instead of one cache period later.
+        """
+        if self.locate() is not None:
+            return
+        with _locked(self.path + ".lock", self.config.command_timeout) as locked:
+            cached = self._fresh() if locked else None
+            if cached is None or cached[1] != 0:
+                return
+            stamp, returncode, output = cached
+            if self.config.query is QueryMethod.SCONTROL:
+                line = f"JobId={job_id} JobState=PENDING Comment={token} WorkDir={os.getcwd()}"
+            else:
+                line = f"{job_id}|PENDING|{token}|None|{os.getcwd()}"
+            self._write(stamp, returncode, f"{output}{line}\n")
+
     def _fresh(self) -> tuple[datetime, int, str] | None:
         """The cached answer, when it is younger than the cache timeout."""
         try:
@@ -609,11 +642,30 @@ class StateCache:
         # A failed query is cached as well: its stderr replaces the output, so that all
         # waiting steps back off instead of hammering a struggling controller.
         output = result.stdout if result.returncode == 0 else result.stderr
+        self._write(stamp, result.returncode, output)
+        return stamp, result.returncode, output
+
+    def _write(self, stamp: datetime, returncode: int, output: str):
         tmp = self.path + f".{os.getpid()}.tmp"
-        tmp.write_text(format_cache(stamp, result.returncode, output), encoding="utf-8")
+        tmp.write_text(format_cache(stamp, returncode, output), encoding="utf-8")
         # Atomic replacement: a reader never sees a half-written answer.
         tmp.replace(self.path)
-        return stamp, result.returncode, output
+
+
+def query_jobs(job_ids: Iterable[int], cluster: str | None, timeout: float) -> Listing | None:
+    """Ask squeue now, not through the cache, about some of the user's jobs.
+
+    Returns
+    -------
+    listing
+        What squeue lists of these jobs; `None` when it failed.
+    """
+    ids = ",".join(map(str, sorted(job_ids)))
+    result = run_command([*squeue_command(cluster), "-j", ids], timeout=timeout)
+    # squeue fails for ids it no longer knows at all, which is an answer as well.
+    if result.returncode != 0 and "invalid job id" not in result.stderr.lower():
+        return None
+    return parse_squeue(result.stdout)
 
 
 def sacct_state(job_id: int, cluster: str | None, timeout: float) -> str | None:
