@@ -424,7 +424,11 @@ def cgroup_slurm():
 
 @pytest.mark.disruptive
 def test_out_of_memory(workflow: Workflow, cgroup_slurm):
-    """A job over its --mem limit is killed by the kernel: the step names OUT_OF_MEMORY."""
+    """A job over its --mem limit is killed by the kernel: the step names OUT_OF_MEMORY.
+
+    The kernel kills python, so the script ends with exit code 137, which the step reports
+    with SLURM's state.
+    """
     workflow.plan(SIMPLE_PLAN)
     workflow.job(
         "job",
@@ -434,7 +438,13 @@ def test_out_of_memory(workflow: Workflow, cgroup_slurm):
         python3 -c 'chunks = [bytearray(2**25) for _ in range(40)]'
         """,
     )
-    assert_ended_in(workflow, workflow.boot(), "OUT_OF_MEMORY")
+    result = workflow.boot()
+    assert result.returncode != 0
+    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
+    assert f"Job {job_id} ended with exit code 137 (SLURM: OUT_OF_MEMORY)." in result.stdout
+    assert (workflow.root / "job/slurmjob.ret").read_text() == "137\n"
+    (record,) = workflow.final_jobs(1)
+    assert record["State"] == "OUT_OF_MEMORY"
     assert "oom-kill" in (workflow.root / "job/slurmjob.err").read_text()
 
 

@@ -1,12 +1,17 @@
 """Unit tests of the job script checks and the wrapper that is submitted in its place."""
 
+import os
+import re
+import signal
 import subprocess
 import textwrap
 import time
 
 import pytest
+from conftest import FAILED_RC, HOST, Workflow, sacct, wait_for
 from path import Path
 
+from stepup.queue.joblog import read_log
 from stepup.queue.wrapper import JobScript, JobScriptError, read_job_script, render_wrapper
 
 
@@ -258,26 +263,260 @@ def test_render_wrapper():
         "#SBATCH -M x\n"
         "# Written by StepUp Queue: runs the job script and keeps its exit code.\n"
         ": > slurmjob.ret\n"
-        "trap 'terminated=yes' TERM\n"
-        "/usr/bin/env python3 slurmjob.py\n"
-        "code=$?\n"
-        "# A script ended by SLURM (scancel, time limit) leaves no exit code:\n"
-        "# the step then reports SLURM's state for the job instead.\n"
-        'if [ -z "${terminated:-}" ] && [ "$code" -ne 143 ] && [ "$code" -ne 137 ]; then\n'
+        "# Signals that SLURM sends to this batch shell alone are meant for the script.\n"
+        'forward() { if [ -n "$!" ]; then kill -s "$1" "$!" 2> /dev/null; fi; }\n'
+        f'for sig in {" ".join(FORWARDED)}; do trap "forward $sig" "$sig"; done\n'
+        "# SLURM ends a job (scancel, time limit, requeue) with SIGTERM to all its processes,\n"
+        "# and then lists it no longer as RUNNING. A SIGTERM while the job runs on is for this\n"
+        "# batch shell alone (--signal=B:TERM@60, scancel -b -s TERM): it is the script's.\n"
+        "on_term() {\n"
+        '    if [ -n "${SLURM_JOB_ID:-}" ] \\\n'
+        '        && scontrol show job "$SLURM_JOB_ID" 2> /dev/null | grep -q " JobState=RUNNING "\n'
+        "    then\n"
+        "        forward TERM\n"
+        "    else\n"
+        "        terminated=yes\n"
+        "    fi\n"
+        "}\n"
+        "trap on_term TERM\n"
+        "# With job control, the script in the background keeps SIGINT and SIGQUIT at their\n"
+        "# defaults and bash runs a SIGINT trap like any other. Poll, not wait: bash 5.2 may\n"
+        "# lose the exit code of a script that ends while a trap interrupts wait. Traps run\n"
+        "# between the sleeps, short ones first so that a short job ends without delay.\n"
+        "# Bash's job status lines (Terminated, Killed) go to /dev/null.\n"
+        "set -m\n"
+        "{\n"
+        "    /usr/bin/env python3 slurmjob.py 2>&3 3>&- &\n"
+        "    pid=$!\n"
+        '    while kill -0 "$pid"; do\n'
+        '        if [ "$SECONDS" -lt 10 ]; then sleep 0.1; else sleep 1; fi\n'
+        "    done\n"
+        '    wait "$pid"\n'
+        "    code=$?\n"
+        "    set +m\n"
+        "} 3>&2 2> /dev/null\n"
+        "# A job ended by SLURM leaves no exit code: the step then reports SLURM's state.\n"
+        'if [ -z "${terminated:-}" ]; then\n'
         '    echo "$code" > slurmjob.ret\n'
         "fi\n"
         'exit "$code"\n'
     )
 
 
-@pytest.mark.parametrize("signal", ["TERM", "KILL"])
-def test_wrapper_keeps_no_exit_code_of_a_killed_script(jobdir, signal):
-    """A script ended by a signal (as SLURM ends cancelled jobs) leaves slurmjob.ret empty."""
-    write_script(f"#!/bin/bash\nkill -{signal} $$\n")
-    wrapper = render_wrapper(read_job_script("slurmjob.sh"))
-    result = subprocess.run(["bash"], input=wrapper, capture_output=True, text=True)
-    assert result.returncode == {"TERM": 143, "KILL": 137}[signal]
+# The signals that the wrapper passes on to the script.
+FORWARDED = ["HUP", "INT", "QUIT", "ABRT", "USR1", "USR2", "ALRM", "URG", "XCPU", "XFSZ"]
+FORWARDED += ["VTALRM", "PROF", "WINCH"]
+
+
+def start_wrapper(name: str = "slurmjob.sh", stdin=subprocess.DEVNULL) -> subprocess.Popen:
+    """Run the wrapper of a script in the job folder with bash, from a file as slurmd does.
+
+    On a cluster, slurmstepd starts the batch shell with SIGINT and SIGQUIT at their defaults;
+    the shell that runs the tests may ignore them, and bash cannot trap an ignored signal.
+    """
+    wrapper = Path("wrapper.sh")
+    wrapper.write_text(render_wrapper(read_job_script(name)))
+    saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGQUIT)}
+    # Outside a SLURM job, as when the tests themselves run in one.
+    env = {key: value for key, value in os.environ.items() if key != "SLURM_JOB_ID"}
+    try:
+        return subprocess.Popen(
+            ["bash", wrapper],
+            env=env,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def read_line(wrapper: subprocess.Popen) -> str:
+    """The next line that the script printed."""
+    # Byte by byte: a buffered readline could hide later output from communicate().
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(wrapper.stdout.fileno(), 1)
+        if byte == b"":
+            pytest.fail(f"The script printed {line!r} and no more: {wrapper.communicate()}")
+        line += byte
+    return line.decode()
+
+
+def script_pid(wrapper: subprocess.Popen) -> int:
+    """The process id of the script that the wrapper runs, once it printed it on a line."""
+    return int(read_line(wrapper))
+
+
+@pytest.mark.parametrize("name", FORWARDED)
+def test_wrapper_forwards_signal_to_script(jobdir, name):
+    """A signal to the batch shell alone (`scancel -b`) reaches the script's trap."""
+    write_script(f"""
+        #!/bin/bash
+        trap 'echo got {name}; kill $!; exit 5' {name}
+        sleep 30 &
+        echo $$
+        wait
+    """)
+    wrapper = start_wrapper()
+    script_pid(wrapper)
+    wrapper.send_signal(getattr(signal, f"SIG{name}"))
+    stdout, stderr = wrapper.communicate(timeout=10)
+    assert (wrapper.returncode, stdout, stderr) == (5, f"got {name}\n", "")
+    assert Path("slurmjob.ret").read_text() == "5\n"
+
+
+def test_wrapper_waits_for_script_after_signals(jobdir):
+    """The script outlives several forwarded signals, each handled; its exit code is kept."""
+    write_script(
+        """
+        #!/usr/bin/env python3
+        import os, signal, sys, time
+        received = []
+        for sig in signal.SIGUSR1, signal.SIGINT:
+            signal.signal(sig, lambda number, frame: received.append(number))
+        print(os.getpid(), flush=True)
+        handled = 0
+        while handled < 3:
+            time.sleep(0.01)
+            for number in received[handled:]:
+                print(number, flush=True)
+                handled += 1
+        sys.exit(3)
+        """,
+        name="slurmjob.py",
+    )
+    wrapper = start_wrapper("slurmjob.py")
+    script_pid(wrapper)
+    for sig in signal.SIGUSR1, signal.SIGINT, signal.SIGUSR1:
+        wrapper.send_signal(sig)
+        # The next signal once the script handled this one: bash runs the traps of signals
+        # that arrive during one poll in its own order, and only once per signal.
+        assert read_line(wrapper) == f"{sig.value}\n"
+    _, stderr = wrapper.communicate(timeout=10)
+    assert (wrapper.returncode, stderr) == (3, "")
+    assert Path("slurmjob.ret").read_text() == "3\n"
+
+
+def test_wrapper_traps_of_signals_at_once(jobdir):
+    """SIGINT and another signal in one poll: both reach the script, its exit code is kept.
+
+    Without job control, bash 5.2 then ran the SIGINT trap only and wait gave 138.
+    """
+    write_script(
+        """
+        #!/usr/bin/env python3
+        import os, signal, sys, time
+        for sig in signal.SIGUSR1, signal.SIGINT:
+            signal.signal(sig, lambda number, frame: print("got", number, flush=True))
+        print(os.getpid(), flush=True)
+        time.sleep(1.5)
+        sys.exit(3)
+        """,
+        name="slurmjob.py",
+    )
+    wrapper = start_wrapper("slurmjob.py")
+    script_pid(wrapper)
+    wrapper.send_signal(signal.SIGUSR1)
+    wrapper.send_signal(signal.SIGINT)
+    stdout, stderr = wrapper.communicate(timeout=10)
+    assert (wrapper.returncode, sorted(stdout.splitlines()), stderr) == (3, ["got 10", "got 2"], "")
+    assert Path("slurmjob.ret").read_text() == "3\n"
+
+
+def test_wrapper_ended_by_slurm_keeps_no_exit_code(jobdir):
+    """SIGTERM to the wrapper and the script, as SLURM ends a job: slurmjob.ret stays empty.
+
+    The script gets SIGTERM once, from SLURM, not again from the wrapper, and the wrapper
+    waits until the script has ended.
+    """
+    write_script("""
+        #!/bin/bash
+        trap 'echo got TERM' TERM
+        echo $$
+        sleep 1 & wait
+        echo done
+        exit 0
+    """)
+    wrapper = start_wrapper()
+    pid = script_pid(wrapper)
+    wrapper.send_signal(signal.SIGTERM)
+    os.kill(pid, signal.SIGTERM)
+    stdout, stderr = wrapper.communicate(timeout=10)
+    assert (wrapper.returncode, stdout, stderr) == (0, "got TERM\ndone\n", "")
     assert Path("slurmjob.ret").read_text() == ""
+
+
+def test_wrapper_keeps_exit_code_of_script_ending_at_a_signal(jobdir):
+    """The script ends the moment the wrapper traps a signal; its exit code is not lost.
+
+    Bash 5.2 lost it (wait gave -1) now and then when the script ended while a trap
+    interrupted wait; many wrappers at once make that moment likely.
+    """
+    wrappers = []
+    for i in range(40):
+        Path(f"../job{i}").makedirs_p()
+        with Path(f"../job{i}"):
+            write_script("#!/bin/bash\ntrap 'kill $!; exit 5' USR1\nsleep 30 &\necho $$\nwait\n")
+            wrappers.append((Path.cwd(), start_wrapper()))
+    pids = [script_pid(wrapper) for _, wrapper in wrappers]
+    for (_, wrapper), pid in zip(wrappers, pids, strict=True):
+        os.kill(pid, signal.SIGUSR1)
+        wrapper.send_signal(signal.SIGUSR1)
+    for folder, wrapper in wrappers:
+        wrapper.communicate(timeout=30)
+        assert (wrapper.returncode, (folder / "slurmjob.ret").read_text()) == (5, "5\n")
+
+
+@pytest.mark.parametrize(("command", "code"), [("kill -TERM $$", 143), ("kill -KILL $$", 137)])
+def test_wrapper_keeps_exit_code_of_a_script_killed_alone(jobdir, command, code):
+    """A script killed by a signal that the wrapper did not get: its status is the exit code.
+
+    As with plain sbatch, where the script is the batch shell, no line about it in stderr.
+    """
+    write_script(f"#!/bin/bash\necho to stderr >&2\n{command}\n")
+    wrapper = start_wrapper()
+    _, stderr = wrapper.communicate(timeout=10)
+    assert (wrapper.returncode, stderr) == (code, "to stderr\n")
+    assert Path("slurmjob.ret").read_text() == f"{code}\n"
+
+
+def test_wrapper_script_that_cannot_start(jobdir):
+    """Why the script did not start is in stderr; the exit code is bash's 127."""
+    write_script("#!/nonexistent/interpreter\n")
+    wrapper = start_wrapper()
+    _, stderr = wrapper.communicate(timeout=10)
+    assert wrapper.returncode == 127
+    assert "./slurmjob.sh: " in stderr
+    assert Path("slurmjob.ret").read_text() == "127\n"
+
+
+def test_wrapper_stopped_script_is_waited_for(jobdir):
+    """A stopped script (scontrol suspend, kill -STOP) is no ended script."""
+    write_script("#!/bin/bash\necho $$\nsleep 1\nexit 4\n")
+    wrapper = start_wrapper()
+    pid = script_pid(wrapper)
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(1.5)
+    assert wrapper.poll() is None
+    os.kill(pid, signal.SIGCONT)
+    _, stderr = wrapper.communicate(timeout=10)
+    assert (wrapper.returncode, stderr) == (4, "")
+    assert Path("slurmjob.ret").read_text() == "4\n"
+
+
+def test_wrapper_passes_standard_input(jobdir, tmp_path):
+    """The script reads the batch shell's standard input (`#SBATCH --input`), not /dev/null."""
+    write_script("#!/bin/bash\necho $$\ncat\n")
+    data = Path(tmp_path) / "input.txt"
+    data.write_text("some input\n")
+    with open(data) as stdin:
+        wrapper = start_wrapper(stdin=stdin)
+        script_pid(wrapper)
+        stdout, _ = wrapper.communicate(timeout=10)
+    assert (wrapper.returncode, stdout) == (0, "some input\n")
 
 
 @pytest.mark.parametrize("code", [0, 3])
@@ -362,3 +601,254 @@ def test_wrapper_submitted_with_sbatch(slurm, jobdir, kind):
         assert f"WorkDir={jobdir} " in show.stdout
     finally:
         subprocess.run(["scancel", job_id], check=False)
+
+
+# Signals for the batch shell alone, in a real workflow on the real SLURM
+
+SIMPLE_PLAN = """
+static("job/", "job/slurmjob.sh")
+sbatch("job/")
+"""
+
+
+def assert_step_failed_with(output: str, job_id: int, code: int):
+    """The step failed with the script's exit code, as StepUp and StepUp Queue report it."""
+    assert f"Job {job_id} ended with exit code {code}." in output
+    pattern = rf"# exit={code}\n" if HOST >= 4 else rf"Return code +{code}\n"
+    assert re.search(pattern, output), output
+
+
+@pytest.mark.parametrize("signal", ["USR1", "TERM"])
+def test_checkpoint_signal_reaches_script(workflow: Workflow, signal: str):
+    """`--signal=B:SIG@50` with a one-minute limit: the script checkpoints and ends well.
+
+    The SIGTERM that SLURM sends to every process of a job at its end is not passed on (see
+    test_cancelled_job_leaves_no_process): one for the batch shell alone while the job runs is.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job(
+        "job",
+        f"""
+        #!/usr/bin/env bash
+        #SBATCH --time=1
+        #SBATCH --signal=B:{signal}@50
+        trap "echo ckpt; exit 0" {signal}
+        sleep 100 & wait
+        """,
+    )
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    job = workflow.root / "job"
+    assert (job / "slurmjob.out").read_text() == "ckpt\n"
+    assert (job / "slurmjob.ret").read_text() == "0\n"
+    (record,) = workflow.final_jobs(1)
+    assert (record["State"], record["ExitCode"]) == ("COMPLETED", "0:0")
+
+
+@pytest.mark.parametrize(
+    ("signal", "code", "state"),
+    [("USR2", 5, "FAILED"), ("INT", 0, "COMPLETED"), ("TERM", 0, "COMPLETED")],
+)
+def test_batch_signal_reaches_script(workflow: Workflow, signal: str, code: int, state: str):
+    """`scancel -b -s SIG` signals the batch shell alone: the script's trap handles it."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job(
+        "job",
+        f"""
+        #!/usr/bin/env bash
+        trap "echo got {signal}; exit {code}" {signal}
+        echo started
+        sleep 60 & wait
+        """,
+    )
+    proc = workflow.popen()
+    job = workflow.root / "job"
+    out = job / "slurmjob.out"
+    wait_for(lambda: out.exists() and "started" in out.read_text(), 60, "the script to run")
+    job_id = read_log(job / "slurmjob.log").job_id
+    subprocess.run(["scancel", "-b", "-s", signal, str(job_id)], check=True)
+    output, _ = proc.communicate(timeout=120)
+    assert (job / "slurmjob.out").read_text() == f"started\ngot {signal}\n"
+    assert (job / "slurmjob.ret").read_text() == f"{code}\n"
+    if code == 0:
+        assert proc.returncode == 0, output
+    else:
+        assert proc.returncode & FAILED_RC, output
+        assert_step_failed_with(output, job_id, code)
+    (record,) = workflow.final_jobs(1)
+    assert (record["State"], record["ExitCode"]) == (state, f"{code}:0")
+
+
+@pytest.mark.parametrize("code", [137, 143])
+def test_script_exit_code_of_a_signal(workflow: Workflow, code: int):
+    """A script that exits with 137 or 143 itself: that exit code is the step's."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", f"#!/usr/bin/env bash\nexit {code}\n")
+    result = workflow.boot()
+    assert result.returncode & FAILED_RC, result.stdout
+    assert_step_failed_with(
+        result.stdout, read_log(workflow.root / "job/slurmjob.log").job_id, code
+    )
+    assert (workflow.root / "job/slurmjob.ret").read_text() == f"{code}\n"
+    (record,) = workflow.final_jobs(1)
+    # As for plain sbatch: SLURM 22.05 records a batch exit code above 128 less 128.
+    assert (record["State"], record["ExitCode"]) == ("FAILED", f"{code - 128}:0")
+
+
+def test_cancelled_job_leaves_no_process(workflow: Workflow):
+    """scancel ends the script and its children, though the wrapper runs it with job control.
+
+    The SIGTERM that SLURM sends to all processes of the job is not passed on: the script's
+    trap runs once, no exit code is kept, and the step reports SLURM's CANCELLED.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job(
+        "job",
+        """
+        #!/usr/bin/env bash
+        trap "echo got TERM" TERM
+        echo $$ > pids
+        sleep 300 &
+        echo $! >> pids
+        echo started
+        wait
+        sleep 300
+        """,
+    )
+    proc = workflow.popen()
+    job = workflow.root / "job"
+    out = job / "slurmjob.out"
+    wait_for(lambda: out.exists() and "started" in out.read_text(), 60, "the script to run")
+    job_id = read_log(job / "slurmjob.log").job_id
+    pids = [int(word) for word in (job / "pids").read_text().split()]
+    subprocess.run(["scancel", str(job_id)], check=True)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode & FAILED_RC, output
+    assert f"Job {job_id} ended without an exit code in slurmjob.ret" in output
+    assert "Last state reported by SLURM: CANCELLED" in output
+    (record,) = workflow.final_jobs(1)
+    # sacct adds "by UID" to CANCELLED.
+    assert record["State"].startswith("CANCELLED")
+
+    def all_ended() -> bool:
+        ps = subprocess.run(
+            ["ps", "-o", "pid=", "-p", ",".join(map(str, pids))], capture_output=True, check=False
+        )
+        return ps.returncode != 0
+
+    wait_for(all_ended, 30, f"the processes {pids} of the cancelled job to end")
+    assert out.read_text() == "started\ngot TERM\n"
+    assert (job / "slurmjob.ret").read_text() == ""
+
+
+# Requeued jobs: the step reports the exit code of the last run.
+
+REQUEUE_SCRIPT = """
+#!/usr/bin/env bash
+echo "run ${SLURM_RESTART_COUNT:-0}"
+if [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ]; then exit 3; fi
+%s
+"""
+
+
+def squeue_state(job_id: int) -> str:
+    """The state of a job in squeue, empty when squeue does not list it."""
+    result = subprocess.run(
+        ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True
+    )
+    return result.stdout.strip()
+
+
+def run_again(job_id: int, command: str):
+    """Let a job that SLURM requeued run again now, not after its requeue delay (2 minutes)."""
+    wait_for(lambda: squeue_state(job_id) == "PENDING", 60, f"job {job_id} to be requeued")
+    subprocess.run(["scontrol", command, f"JobId={job_id}", "StartTime=now"], check=True)
+
+
+def test_requeued_job_reports_last_run(workflow: Workflow):
+    """`scontrol requeue` of a running job: the step waits for the next run and its code."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", REQUEUE_SCRIPT % "sleep 300")
+    proc = workflow.popen()
+    job = workflow.root / "job"
+    out = job / "slurmjob.out"
+    wait_for(lambda: out.exists() and "run 0" in out.read_text(), 60, "the first run")
+    job_id = read_log(job / "slurmjob.log").job_id
+    subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
+    run_again(job_id, "update")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode & FAILED_RC, output
+    assert_step_failed_with(output, job_id, 3)
+    assert out.read_text() == "run 1\n"
+    assert (job / "slurmjob.ret").read_text() == "3\n"
+    (record,) = workflow.final_jobs(1)
+    assert (record["State"], record["ExitCode"]) == ("FAILED", "3:0")
+
+
+@pytest.fixture(params=["RequeueExit", "RequeueExitHold"])
+def requeue_exit(request) -> str:
+    """For one test, SLURM requeues a job whose script exits with 42 (held, for ...Hold)."""
+    conf = Path("/etc/slurm/slurm.conf")
+    original = conf.read_text()
+    assert "RequeueExit" not in original
+    conf.write_text(f"{original}{request.param}=40-42,50\n")
+    try:
+        subprocess.run(["scontrol", "reconfigure"], check=True)
+        yield request.param
+    finally:
+        conf.write_text(original)
+        subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+@pytest.mark.serial
+def test_requeue_exit_code_is_not_final(workflow: Workflow, requeue_exit: str):
+    """A script exits with a code in RequeueExit(Hold): SLURM runs the job again.
+
+    The step reports the exit code of the run after it, not 42. This test changes slurm.conf
+    for a moment, so it runs alone.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", REQUEUE_SCRIPT % "exit 42")
+    proc = workflow.popen()
+    job = workflow.root / "job"
+    out = job / "slurmjob.out"
+    wait_for(lambda: out.exists() and "run 0" in out.read_text(), 60, "the first run")
+    job_id = read_log(job / "slurmjob.log").job_id
+    if requeue_exit == "RequeueExit":
+        run_again(job_id, "update")
+    else:
+        # A held job runs again once it is released.
+        wait_for(lambda: squeue_state(job_id) == "SPECIAL_EXIT", 60, f"job {job_id} to be held")
+        subprocess.run(["scontrol", "release", str(job_id)], check=True)
+        run_again(job_id, "update")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode & FAILED_RC, output
+    assert_step_failed_with(output, job_id, 3)
+    assert f"Job {job_id} exited with code 42, which SLURM's RequeueExit or" in output
+    assert (job / "slurmjob.ret").read_text() == "3\n"
+    (record,) = workflow.final_jobs(1)
+    assert (record["State"], record["ExitCode"]) == ("FAILED", "3:0")
+
+
+@pytest.mark.serial
+def test_requeued_job_cancelled(workflow: Workflow, requeue_exit: str):
+    """The job is cancelled while SLURM holds it for its next run: the step reports both.
+
+    SLURM requeues a job on a code in RequeueExit even with `--no-requeue`.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --no-requeue\nexit 42\n")
+    proc = workflow.popen()
+    job = workflow.root / "job"
+    ret = job / "slurmjob.ret"
+    wait_for(lambda: ret.exists() and ret.read_text() == "42\n", 60, "the first run")
+    job_id = read_log(job / "slurmjob.log").job_id
+    requeued = {"RequeueExit": "PENDING", "RequeueExitHold": "SPECIAL_EXIT"}[requeue_exit]
+    wait_for(lambda: squeue_state(job_id) == requeued, 60, f"job {job_id} to be requeued")
+    subprocess.run(["scancel", str(job_id)], check=True)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode & FAILED_RC, output
+    assert f"Job {job_id} ended with exit code 42 (SLURM: CANCELLED)." in output
+    # Asked by job id: with a time window (as in final_jobs) sacct lists the requeued run.
+    (record,) = sacct("-j", str(job_id))
+    assert record["State"].startswith("CANCELLED")

@@ -32,6 +32,7 @@ from .scheduler import (
     find_by_token,
     is_transient,
     query_jobs,
+    requeue_exit_codes,
     sacct_records,
     stranger,
     submit,
@@ -442,16 +443,40 @@ def _check_hopeless(
 
 
 def _finish(joblog: JobLog, state: str | None, config: Config) -> int:
-    code = read_ret()
-    if code is None and (state is None or state in _SCRIPT_ENDED):
-        # The script ended, but its exit code may not have reached this node yet.
-        deadline = time.monotonic() + config.ret_timeout
-        while code is None and time.monotonic() < deadline:
-            _nap(config)
-            code = read_ret()
+    """Return the exit code of the job's last run, or raise a JobError saying how it ended."""
+    requeue_codes = None
+    # SLURM's end state, once asked.
+    end = None
+    while True:
+        code = read_ret()
+        if code is None and (state is None or state in _SCRIPT_ENDED):
+            # The script ended, but its exit code may not have reached this node yet.
+            deadline = time.monotonic() + config.ret_timeout
+            while code is None and time.monotonic() < deadline:
+                _nap(config)
+                code = read_ret()
+        # Code 0 is always final: SLURM would run a job with RequeueExit=0 forever.
+        if not isinstance(code, int) or code == 0:
+            break
+        if requeue_codes is None:
+            requeue_codes = requeue_exit_codes(joblog.cluster, config.command_timeout)
+        if requeue_codes is None or code not in requeue_codes:
+            break
+        print(
+            f"Job {joblog.job_id} exited with code {code}, which SLURM's RequeueExit or "
+            "RequeueExitHold lists: waiting for its next run (a held job runs once released, "
+            f"e.g. with `scontrol release {joblog.job_id}`)"
+        )
+        end = _runs_again(joblog, config)
+        if end is not None:
+            break
+        state = _wait(joblog, config, 0.0)
     if isinstance(code, int):
         if code != 0:
-            print(f"Job {joblog.job_id} ended with exit code {code}. See slurmjob.err.")
+            if end is None and code > 128:
+                end = _signal_end(joblog, config)
+            how = "" if end is None or end in _SCRIPT_ENDED else f" (SLURM: {end})"
+            print(f"Job {joblog.job_id} ended with exit code {code}{how}. See slurmjob.err.")
         return code
     last = state or "no longer listed by SLURM"
     if isinstance(code, str):
@@ -464,3 +489,56 @@ def _finish(joblog: JobLog, state: str | None, config: Config) -> int:
         f"Last state reported by SLURM: {last}. "
         f"See {Path.cwd() / 'slurmjob.err'} for what went wrong."
     )
+
+
+def _runs_again(joblog: JobLog, config: Config) -> str | None:
+    """After a script's exit code that SLURM requeues jobs on, wait for the job's next run.
+
+    Returns
+    -------
+    end
+        `None` once the next run emptied (or rewrote) `slurmjob.ret`; SLURM's final state
+        when it ended the job before it ran again (e.g. CANCELLED while requeued).
+    """
+    written = _ret_stamp()
+    if written is None:
+        return None
+    # Only an answer from after the script ended tells whether SLURM requeued the job.
+    trusted_after = datetime.fromtimestamp(written / 1e9) + timedelta(seconds=config.time_margin)
+    cache = StateCache(config, joblog.cluster)
+    while True:
+        _nap(config)
+        if read_ret() is None or _ret_stamp() != written:
+            return None
+        snapshot = cache.snapshot()
+        if snapshot.ok and snapshot.time >= trusted_after:
+            current = snapshot.states.get(joblog.job_id)
+            if current is None:
+                # Purged from slurmctld's memory (at once when cancelled while requeued).
+                record = _account_record(joblog, config)
+                current = None if record is None else record["State"]
+            if current in FINAL_STATES:
+                return current
+
+
+def _ret_stamp() -> int | None:
+    """When `slurmjob.ret` was last written (ns), `None` when it is gone."""
+    try:
+        return Path(RET_NAME).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _signal_end(joblog: JobLog, config: Config) -> str | None:
+    """SLURM's end state of a job whose script exited with a code above 128.
+
+    Such a code often means a signal from outside (e.g. OUT_OF_MEMORY), which SLURM names.
+    SLURM may record the end a moment after the script wrote its exit code.
+    """
+    deadline = time.monotonic() + config.ret_timeout
+    while True:
+        record = _account_record(joblog, config)
+        state = None if record is None else record["State"]
+        if state in FINAL_STATES or time.monotonic() >= deadline:
+            return state
+        _nap(config)

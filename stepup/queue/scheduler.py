@@ -47,6 +47,7 @@ __all__ = (
     "parse_scontrol",
     "parse_squeue",
     "query_jobs",
+    "requeue_exit_codes",
     "run_command",
     "sacct_records",
     "sacct_state",
@@ -854,3 +855,37 @@ def _parse_time(text: str) -> datetime:
         return datetime.fromisoformat(text)
     except ValueError:
         return datetime.min
+
+
+_RE_REQUEUE_EXIT = re.compile(r"^(RequeueExit|RequeueExitHold)\s*=\s*(\S*)\s*$", re.MULTILINE)
+
+
+def requeue_exit_codes(cluster: str | None, timeout: float) -> frozenset[int] | None:
+    """The exit codes of a batch script after which SLURM runs the job again.
+
+    Parameters
+    ----------
+    cluster
+        The cluster name (as in `sbatch -M`), `None` for the default cluster.
+    timeout
+        Seconds after which scontrol is killed.
+
+    Returns
+    -------
+    codes
+        The codes in `RequeueExit` and `RequeueExitHold` of slurm.conf (lists of codes and
+        ranges, e.g. `1-9,18`); `None` when scontrol failed or printed a list it cannot parse.
+    """
+    result = run_command(["scontrol", *_cluster_args(cluster), "show", "config"], timeout=timeout)
+    if result.returncode != 0:
+        return None
+    codes = set()
+    for _, value in _RE_REQUEUE_EXIT.findall(result.stdout):
+        if value == "(null)":
+            continue
+        for part in value.split(","):
+            first, _, last = part.partition("-")
+            if not (first.isdigit() and (last == "" or last.isdigit())):
+                return None
+            codes.update(range(int(first), int(last or first) + 1))
+    return frozenset(codes)

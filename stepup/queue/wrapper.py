@@ -2,6 +2,12 @@
 
 The wrapper carries the `#SBATCH` lines of the user's script, runs the script, and writes its
 exit code to `slurmjob.ret`. The user's script is never modified: it is an input of the step.
+
+The wrapper, not the script, is SLURM's batch shell. Signals that SLURM sends to the batch shell
+alone (`#SBATCH --signal=B:USR1@60`, `scancel -b -s USR1`) are passed on to the script, so that
+it can checkpoint as it would when submitted with plain sbatch. SIGTERM is passed on only while
+SLURM lists the job as RUNNING: SLURM also sends it to every process of a job that it ends
+(scancel, time limit, requeue), the script included, and the job then leaves no exit code.
 """
 
 import os
@@ -20,6 +26,11 @@ __all__ = (
 )
 
 RET_NAME = "slurmjob.ret"
+
+# The signals that the wrapper passes on to the script: all that can be caught and that a user
+# may send to the batch shell, except TERM (see on_term), CONT (SLURM sends it to every process
+# before ending a job) and those of the kernel about the wrapper itself (SEGV, PIPE, CHLD, ...).
+_FORWARDED_SIGNALS = "HUP INT QUIT ABRT USR1 USR2 ALRM URG XCPU XFSZ VTALRM PROF WINCH"
 
 # Options of sbatch that StepUp Queue sets itself or cannot support, and why.
 _FORBIDDEN_OPTIONS = {
@@ -196,12 +207,40 @@ def render_wrapper(script: JobScript) -> str:
         *script.directives,
         "# Written by StepUp Queue: runs the job script and keeps its exit code.",
         f": > {RET_NAME}",
-        "trap 'terminated=yes' TERM",
-        script.command,
-        "code=$?",
-        "# A script ended by SLURM (scancel, time limit) leaves no exit code:",
-        "# the step then reports SLURM's state for the job instead.",
-        'if [ -z "${terminated:-}" ] && [ "$code" -ne 143 ] && [ "$code" -ne 137 ]; then',
+        "# Signals that SLURM sends to this batch shell alone are meant for the script.",
+        'forward() { if [ -n "$!" ]; then kill -s "$1" "$!" 2> /dev/null; fi; }',
+        f'for sig in {_FORWARDED_SIGNALS}; do trap "forward $sig" "$sig"; done',
+        "# SLURM ends a job (scancel, time limit, requeue) with SIGTERM to all its processes,",
+        "# and then lists it no longer as RUNNING. A SIGTERM while the job runs on is for this",
+        "# batch shell alone (--signal=B:TERM@60, scancel -b -s TERM): it is the script's.",
+        "on_term() {",
+        '    if [ -n "${SLURM_JOB_ID:-}" ] \\',
+        '        && scontrol show job "$SLURM_JOB_ID" 2> /dev/null | grep -q " JobState=RUNNING "',
+        "    then",
+        "        forward TERM",
+        "    else",
+        "        terminated=yes",
+        "    fi",
+        "}",
+        "trap on_term TERM",
+        "# With job control, the script in the background keeps SIGINT and SIGQUIT at their",
+        "# defaults and bash runs a SIGINT trap like any other. Poll, not wait: bash 5.2 may",
+        "# lose the exit code of a script that ends while a trap interrupts wait. Traps run",
+        "# between the sleeps, short ones first so that a short job ends without delay.",
+        "# Bash's job status lines (Terminated, Killed) go to /dev/null.",
+        "set -m",
+        "{",
+        f"    {script.command} 2>&3 3>&- &",
+        "    pid=$!",
+        '    while kill -0 "$pid"; do',
+        '        if [ "$SECONDS" -lt 10 ]; then sleep 0.1; else sleep 1; fi',
+        "    done",
+        '    wait "$pid"',
+        "    code=$?",
+        "    set +m",
+        "} 3>&2 2> /dev/null",
+        "# A job ended by SLURM leaves no exit code: the step then reports SLURM's state.",
+        'if [ -z "${terminated:-}" ]; then',
         f'    echo "$code" > {RET_NAME}',
         "fi",
         'exit "$code"',
