@@ -1,6 +1,8 @@
 """`stepup canceljobs`, run as a real subprocess on the real local SLURM."""
 
+import re
 import subprocess
+from itertools import pairwise
 
 from conftest import JobTools, sacct, scontrol_state, wait_for
 from path import Path
@@ -33,12 +35,30 @@ def slurm_states() -> dict[int, str]:
     return {int(i): s for i, s in (line.split("|") for line in result.stdout.split())}
 
 
-def table(stdout: str) -> list[list[str]]:
-    """The rows of the table printed by a job tool, split into words, without the header."""
+def table(stdout: str) -> list[dict[str, str]]:
+    """The rows of the table printed by a job tool, as {header: cell}, and check its width.
+
+    Each column starts where its header starts. The JOB cell is never empty, so a line with
+    an empty one continues the row above: its cells were wrapped and are joined with spaces.
+    """
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("ACTION "))
+    start = next(i for i, line in enumerate(lines) if line.startswith(("ACTION ", "FOLDER ")))
     end = next(i for i, line in enumerate(lines) if line.startswith("Summary: "))
-    return [line.split() for line in lines[start + 1 : end]]
+    # Without a terminal and without COLUMNS, the tables fit 80 columns.
+    assert all(len(line.rstrip()) <= 80 for line in lines[start:end]), stdout
+    found = list(re.finditer(r"\S+", lines[start]))
+    names = [match.group() for match in found]
+    bounds = [match.start() for match in found] + [None]
+    rows = []
+    for line in lines[start + 1 : end]:
+        cells = dict(zip(names, (line[a:b].strip() for a, b in pairwise(bounds)), strict=True))
+        if cells["JOB"] == "" and rows:
+            for name, cell in cells.items():
+                if cell:
+                    rows[-1][name] = f"{rows[-1][name]} {cell}".strip()
+        else:
+            rows.append(cells)
+    return rows
 
 
 def test_help(jobtools: JobTools):
@@ -76,7 +96,7 @@ def test_cancel_workflow_then_boot_reports_cancelled(jobtools: JobTools):
     before = snapshot(wf.root, outputs=False)
     dry = jobtools.run("canceljobs", "-n")
     assert dry.returncode == 0, dry.stderr
-    assert [row[:2] for row in table(dry.stdout)] == [["would", "cancel"]] * 2
+    assert [row["ACTION"] for row in table(dry.stdout)] == ["would cancel"] * 2
     assert "Dry run: nothing was cancelled." in dry.stdout
     assert jobtools.calls("scancel") == []
     assert snapshot(wf.root, outputs=False) == before
@@ -87,11 +107,27 @@ def test_cancel_workflow_then_boot_reports_cancelled(jobtools: JobTools):
     result = jobtools.run("canceljobs")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["ACTION", "JOB", "CLUSTER", "SLURM", "LOG", "FOLDER", "NOTE"]
-    assert lines[1].split()[:4] == ["cancelled", str(pending), "-", "PENDING"]
-    assert lines[1].split()[-1] == "pending"
-    assert lines[2].split()[:4] == ["cancelled", str(running), "-", "RUNNING"]
-    assert lines[2].split()[-1] == "running"
+    # No job names a cluster: no CLUSTER column. The pending job shows SLURM's reason.
+    assert lines[0].split() == ["ACTION", "JOB", "SLURM", "LOG", "FOLDER", "NOTE"]
+    # The log of the running job may or may not record RUNNING: the workflow was killed.
+    assert [{**row, "LOG": None} for row in table(result.stdout)] == [
+        {
+            "ACTION": "cancelled",
+            "JOB": str(pending),
+            "SLURM": "PENDING (JobHeldUser)",
+            "LOG": None,
+            "FOLDER": "pending",
+            "NOTE": "",
+        },
+        {
+            "ACTION": "cancelled",
+            "JOB": str(running),
+            "SLURM": "RUNNING",
+            "LOG": None,
+            "FOLDER": "running",
+            "NOTE": "",
+        },
+    ]
     assert "Summary: found 2 jobs, cancelled 2, skipped 0, errors 0. (1 scancel call)" in lines
     assert jobtools.calls("scancel") == [" ".join(map(str, sorted([pending, running])))]
     assert jobtools.calls("squeue") == ["--me -t all -h -o %i|%T|%k|%r|%Z"]
@@ -132,13 +168,16 @@ def test_finished_jobs_left_alone_without_all(jobtools: JobTools):
 
     result = jobtools.run("canceljobs")
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[1]: line for line in result.stdout.splitlines()[1:-1]}
-    assert rows[str(done)].startswith("skip")
+    rows = {row["JOB"]: row for row in table(result.stdout)}
+    assert rows[str(done)]["ACTION"] == "skip"
     # Depending on MinJobAge, slurmctld may have forgotten the job already.
-    assert rows[str(done)].endswith(("already COMPLETED in SLURM", "no longer listed by SLURM"))
+    assert rows[str(done)]["NOTE"].startswith(
+        ("already COMPLETED in SLURM", "no longer listed by SLURM")
+    )
     for job_id in logged_end, exit_code:
-        assert rows[str(job_id)].startswith("skip")
-        assert "ended according to its log (--all cancels it anyway)" in rows[str(job_id)]
+        assert rows[str(job_id)]["ACTION"] == "skip"
+        assert rows[str(job_id)]["SLURM"] == "PENDING (JobHeldUser)"
+        assert rows[str(job_id)]["NOTE"] == "ended according to its log (--all cancels it anyway)"
     assert "Summary: found 3 jobs, cancelled 0, skipped 3, errors 0. (0 scancel calls)" in (
         result.stdout
     )
@@ -178,9 +217,15 @@ def test_logs_with_and_without_cluster(jobtools: JobTools):
     assert sorted(jobtools.calls("scancel")) == sorted([f"-M localcluster {clustered}", f"{plain}"])
     # One squeue call per cluster: the default one and the named one.
     assert len(jobtools.calls("squeue")) == 2
-    rows = [line.split() for line in result.stdout.splitlines()[1:3]]
-    assert ["cancelled", str(clustered), "localcluster", "PENDING"] in [row[:4] for row in rows]
-    assert ["cancelled", str(plain), "-", "PENDING"] in [row[:4] for row in rows]
+    rows = [
+        (row["ACTION"], row["JOB"], row["CLUSTER"], row["SLURM"]) for row in table(result.stdout)
+    ]
+    assert sorted(rows) == sorted(
+        [
+            ("cancelled", str(clustered), "localcluster", "PENDING (JobHeldUser)"),
+            ("cancelled", str(plain), "", "PENDING (JobHeldUser)"),
+        ]
+    )
     wait_for(lambda: scontrol_state(plain) == scontrol_state(clustered) == "CANCELLED", 30)
 
 
@@ -220,9 +265,13 @@ def test_interrupted_submission_found_by_token(jobtools: JobTools):
     before = snapshot(root, outputs=False)
     result = jobtools.run("canceljobs")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert table(result.stdout) == [
-        ["cancelled", str(held), "-", "PENDING", "SUBMITTING", "held"],
-        ["cancelled", str(running), "-", "RUNNING", "SUBMITTING", "running"],
+    rows = [
+        [row[name] for name in ("ACTION", "JOB", "SLURM", "LOG", "FOLDER")]
+        for row in table(result.stdout)
+    ]
+    assert rows == [
+        ["cancelled", str(held), "PENDING (JobHeldUser)", "SUBMITTING", "held"],
+        ["cancelled", str(running), "RUNNING", "SUBMITTING", "running"],
     ]
     assert "./never/slurmjob.log has no Submitted record" in result.stderr
     assert "stepup-queue-0000000000000000" in result.stderr
@@ -244,8 +293,7 @@ def test_nested_folders_and_several_paths(jobtools: JobTools):
     assert "p2/w/slurmjob.log is not a folder: skipped." in result.stderr
     # p1/x is inside p1: its job is found once.
     assert "Summary: found 3 jobs, cancelled 3, skipped 0, errors 2." in result.stdout
-    folders = [line.split()[-1] for line in result.stdout.splitlines()[1:4]]
-    assert folders == ["p1", "p1/x/y/z", "p2/w"]
+    assert [row["FOLDER"] for row in table(result.stdout)] == ["p1", "p1/x/y/z", "p2/w"]
     assert sorted(jobtools.calls("scancel")[0].split()) == sorted(map(str, [deep, shallow, other]))
     wait_for(lambda: scontrol_state(deep) == "CANCELLED", 30)
     assert scontrol_state(outside) == "PENDING"
@@ -268,7 +316,7 @@ def test_dry_run_changes_nothing(jobtools: JobTools):
     for flag in "-n", "--dry-run":
         result = jobtools.run("canceljobs", flag, "--all")
         assert result.returncode == 0, result.stderr
-        assert [row[:2] for row in table(result.stdout)] == [["would", "cancel"]] * 3
+        assert [row["ACTION"] for row in table(result.stdout)] == ["would cancel"] * 3
         assert "Summary: found 3 jobs, would cancel 3, skipped 0, errors 0." in result.stdout
     assert jobtools.calls("scancel") == []
     assert snapshot(jobtools.workflow.root) == before
@@ -284,8 +332,9 @@ def test_failed_scancel_exit_status(jobtools: JobTools):
     assert "Warning: could not ask SLURM about cluster nosuchcluster" in result.stderr
     assert "Error: `scancel -M nosuchcluster" in result.stderr
     rows = table(result.stdout)
-    assert [row[0] for row in rows] == ["error", "cancelled"]
-    assert rows[0][2] == "nosuchcluster"
-    assert rows[0][-2:] == ["scancel", "failed"]
+    assert [row["ACTION"] for row in rows] == ["error", "cancelled"]
+    assert rows[0]["CLUSTER"] == "nosuchcluster"
+    assert rows[0]["SLURM"] == "?"
+    assert rows[0]["NOTE"] == "scancel failed"
     assert "Summary: found 2 jobs, cancelled 1, skipped 0, errors 1." in result.stdout
     wait_for(lambda: scontrol_state(good) == "CANCELLED", 30)

@@ -7,7 +7,7 @@ from conftest import JobTools
 from path import Path
 
 from stepup.queue.joblog import JobLog, append_record, start_log
-from stepup.queue.jobsearch import FoundJob, ask_slurm, find_jobs, format_table
+from stepup.queue.jobsearch import FoundJob, ask_slurm, find_jobs, print_actions
 from stepup.queue.wrapper import read_ret
 
 DIGEST = "0123456789abcdef"
@@ -108,23 +108,24 @@ def test_succeeded_and_end_state():
     assert found("RUNNING", live="RUNNING").end_state is None
 
 
-def test_format_table():
+def test_print_actions(capsys):
     job = found("RUNNING", ret=3, live="COMPLETED")
-    lines = format_table([("skip", job, "a note"), ("cancel", found(), "")])
-    assert lines[0].split() == ["ACTION", "JOB", "CLUSTER", "SLURM", "LOG", "FOLDER", "NOTE"]
-    assert lines[1].split() == [
-        "skip",
-        "7",
-        "-",
-        "COMPLETED",
-        "RUNNING",
-        "exit=3",
-        "job",
-        "a",
-        "note",
-    ]
-    assert lines[2].split() == ["cancel", "7", "-", "gone", "SUBMITTED", "job"]
+    pending = found(live="PENDING")
+    pending.reason = "Priority"
+    long = found()
+    long.log.path = Path("/".join(f"folder{i}" for i in range(20)) + "/slurmjob.log")
+    print_actions([("skip", job, "a note"), ("cancel", pending, ""), ("cancel", long, "")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ACTION", "JOB", "SLURM", "LOG", "FOLDER", "NOTE"]
+    assert lines[1].split() == ["skip", "7", "COMPLETED", "RUNNING", "exit=3", "job", "a", "note"]
+    assert lines[2].split() == ["cancel", "7", "PENDING", "(Priority)", "SUBMITTED", "job"]
     assert lines[0].index("FOLDER") == lines[1].index("job") == lines[2].index("job")
+    # Without a terminal, 80 columns; the long folder is shortened in the middle.
+    assert all(len(line) <= 80 for line in lines)
+    folder = lines[3].split()[-1]
+    assert folder.startswith("folder0/fol")
+    assert folder.endswith("/folder19")
+    assert "…" in folder
 
 
 def test_ask_slurm_one_squeue_per_cluster(jobtools: JobTools, monkeypatch):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the basic example of the documentation (docs/examples/slurm-basic) on a local SLURM and
-# show what happened to each job. Meant for a fresh Debian machine, as root:
+# show each job with `stepup jobs` and a timeline picture of them. Meant for a fresh Debian
+# machine, as root:
 #
 #   bash tools/demo.sh
 #
@@ -40,17 +41,15 @@ set -e
 echo
 echo "=== ${run[*]} exited with code $code (non-zero: the step in fail/ failed, as it should)"
 echo
-echo "=== The jobs (exit code in slurmjob.ret, then SLURM's accounting record)"
-printf '%-15s %-4s %-8s %-10s %-10s %s\n' FOLDER RET JOBID NAME STATE EXITCODE
+echo "=== stepup jobs: each job's state, exit code, queue and run time (SLURM and the logs)"
+timeline="$PWD/jobs-timeline.png"
+stepup jobs --timeline "$timeline"
 ok=yes
 check() {
-    local folder=$1 expected=$2 ret job_id record
+    local folder=$1 expected=$2 ret
     ret=$(cat "$folder/slurmjob.ret" 2> /dev/null || echo "?")
-    job_id=$(awk '$2 == "Submitted" {split($3, a, ";"); print a[1]}' "$folder/slurmjob.log")
-    record=$(sacct -X -n -P -j "$job_id" -o JobName,State,ExitCode | head -n 1 | tr '|' ' ')
-    printf '%-15s %-4s %-8s %-10s %-10s %s\n' "$folder" "$ret" "$job_id" $record
     if [[ $ret != "$expected" ]]; then
-        echo "    expected exit code $expected in $folder/slurmjob.ret" >&2
+        echo "    expected exit code $expected in $folder/slurmjob.ret, found $ret" >&2
         ok=no
     fi
 }
@@ -64,6 +63,7 @@ for file in pass/pi.txt fail/slurmjob.err sweep/value{1,2,3}/result.txt; do
 done
 echo
 echo "The example is in $PWD"
+echo "The timeline of its jobs is $timeline"
 if [[ $ok == yes && $code != 0 ]]; then
     echo "Demo OK: four jobs succeeded and the job in fail/ failed with exit code 1."
 else

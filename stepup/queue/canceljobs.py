@@ -8,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .jobsearch import FoundJob, add_search_arguments, format_table, search_jobs
+from .jobsearch import FoundJob, add_search_arguments, print_actions, search_jobs
 from .scheduler import MAX_SCANCEL_IDS, cancel
 
 __all__ = ("canceljobs_subcommand", "canceljobs_tool", "sq_cancel_jobs")
@@ -135,8 +135,7 @@ def canceljobs_tool(args: argparse.Namespace) -> int:
         rows.append((action, job, note))
 
     if rows:
-        for line in format_table(rows):
-            print(line)
+        print_actions(rows)
     else:
         print("No job logs found.")
     verb = "would cancel" if args.dry_run else "cancelled"

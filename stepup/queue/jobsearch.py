@@ -1,9 +1,10 @@
 """Find the jobs of a workflow from their logs and ask SLURM which of them are still alive.
 
-Shared by `stepup canceljobs` and `stepup removejobs`: both search folders for `slurmjob.log`,
-read each log on its own (one unreadable log never stops the others), read the exit code in
-`slurmjob.ret`, and ask SLURM with one `squeue` call per cluster which jobs are still pending
-or running. The printing helpers keep the output of both tools alike.
+Shared by `stepup canceljobs`, `stepup removejobs` and `stepup jobs`: they search folders for
+`slurmjob.log`, read each log on its own (one unreadable log never stops the others), read the
+exit code in `slurmjob.ret`, and ask SLURM with one `squeue` call per cluster which jobs are
+still pending or running, and with one `sacct` call per cluster about the others. The printing
+helpers keep the output of the tools alike.
 """
 
 import argparse
@@ -17,7 +18,8 @@ from path import Path
 
 from .config import Config, ConfigError
 from .joblog import FINAL_STATES, LOG_NAME, JobLog, JobLogError, find_logs, read_log
-from .scheduler import parse_squeue, run_command, sacct_records, squeue_command, stranger
+from .scheduler import parse_squeue, run_command, sacct_history, squeue_command, stranger
+from .tables import print_table
 from .wrapper import read_ret
 
 __all__ = (
@@ -27,7 +29,7 @@ __all__ = (
     "add_search_arguments",
     "ask_slurm",
     "find_jobs",
-    "format_table",
+    "print_actions",
     "search_jobs",
 )
 
@@ -55,7 +57,10 @@ class FoundJob:
         For a log without `Submitted` record: the job that SLURM lists with the log's token.
     account
         SLURM's accounting record of a job that squeue no longer lists (see
-        `scheduler.ACCOUNT_FIELDS`), `None` when sacct was not asked or does not know it.
+        `scheduler.HISTORY_FIELDS`), `None` when sacct was not asked or does not know it.
+    history
+        SLURM's accounting record of the job, also when squeue lists it; only asked for by
+        `stepup jobs` (for the times and exit codes), else `None`.
     margin
         Seconds sbatch may have taken before the log's `Submitted` record was written.
     """
@@ -67,6 +72,7 @@ class FoundJob:
     reason: str | None = None
     token_id: int | None = None
     account: dict[str, str] | None = None
+    history: dict[str, str] | None = None
     margin: float = 60.0
 
     @property
@@ -143,11 +149,13 @@ class FoundJob:
         return self.ret == 0 and self.end_state not in FAILED_STATES
 
     def slurm_column(self) -> str:
-        """What SLURM says now, for printing."""
+        """What SLURM says now, with the reason of a pending job, for printing."""
         if not self.asked:
             return "?"
         if self.live is None and self.account is not None:
             return self.account["State"]
+        if self.live == "PENDING" and self.reason is not None:
+            return f"PENDING ({self.reason})"
         return self.live or "gone"
 
     def log_column(self) -> str:
@@ -240,17 +248,22 @@ def _read_submitted_log(path: Path) -> JobLog:
     return joblog
 
 
-def ask_slurm(jobs: list[FoundJob], timeout: float) -> dict[str | None, str]:
-    """Ask SLURM for the current states of the jobs, with one squeue call per cluster.
+def ask_slurm(jobs: list[FoundJob], timeout: float, history: bool = False) -> dict[str | None, str]:
+    """Ask SLURM for the current states of the jobs, with one squeue and one sacct call per
+    cluster.
 
-    Each job gets `asked` and `live` set.
+    Each job gets `asked`, `live` and `reason` set, and `account` when squeue no longer lists
+    it.
 
     Parameters
     ----------
     jobs
         The jobs to look up.
     timeout
-        Seconds after which squeue is killed.
+        Seconds after which squeue or sacct is killed.
+    history
+        Also ask sacct (in the same call) about the jobs squeue lists, and set `history` of
+        every job sacct knows.
 
     Returns
     -------
@@ -277,21 +290,27 @@ def ask_slurm(jobs: list[FoundJob], timeout: float) -> dict[str | None, str]:
         # squeue lists only the user's own jobs that slurmctld still holds: the others are
         # looked up in the accounting database, all in one call.
         unlisted = [job for job in cluster_jobs if job.job_id is not None and job.live is None]
-        if unlisted:
-            records = sacct_records([job.job_id for job in unlisted], cluster, timeout) or {}
+        wanted = [job for job in cluster_jobs if job.job_id is not None] if history else unlisted
+        if wanted:
+            records = sacct_history([job.job_id for job in wanted], cluster, timeout) or {}
             for job in unlisted:
                 job.account = records.get(job.job_id)
                 job.margin = timeout
+            if history:
+                for job in wanted:
+                    job.history = records.get(job.job_id)
     return unreachable
 
 
-def search_jobs(paths: Iterable[str | Path]) -> JobSearch | None:
+def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch | None:
     """Find the jobs below the given folders, ask SLURM for their states, report problems.
 
     Parameters
     ----------
     paths
         The folders to search.
+    history
+        Ask sacct about all jobs, also those squeue lists (see `ask_slurm`).
 
     Returns
     -------
@@ -305,7 +324,7 @@ def search_jobs(paths: Iterable[str | Path]) -> JobSearch | None:
         print(f"Error: {exc}", file=sys.stderr)
         return None
     jobs, errors = find_jobs(paths)
-    unreachable = ask_slurm(jobs, timeout)
+    unreachable = ask_slurm(jobs, timeout, history)
     # A submission interrupted before its Submitted record: only the token can tell the job.
     for job in jobs:
         if job.job_id is None:
@@ -338,25 +357,33 @@ def add_search_arguments(parser: argparse.ArgumentParser):
     )
 
 
-def format_table(rows: list[tuple[str, FoundJob, str]]) -> list[str]:
-    """Format one line per job: action, job id, cluster, SLURM state, log state, folder, note.
+def print_actions(rows: list[tuple[str, FoundJob, str]]):
+    """Print one row per job: action, job id, cluster, SLURM state (with the reason of a
+    pending job), log state, folder, note.
+
+    The cluster column is left out when no job names one (see `tables.print_table`).
 
     Parameters
     ----------
     rows
         (action, job, note) for each job; the note may be empty.
-
-    Returns
-    -------
-    lines
-        A header line followed by one line per job, in aligned columns.
     """
-    table = [("ACTION", "JOB", "CLUSTER", "SLURM", "LOG", "FOLDER", "NOTE")]
-    for action, job, note in rows:
-        cells = (action, str(job.job_id), job.cluster or "-", job.slurm_column())
-        table.append((*cells, job.log_column(), str(job.folder), note))
-    widths = [max(len(cell) for cell in column) for column in zip(*table, strict=True)]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in table
+    headers = ["ACTION", "JOB", "CLUSTER", "SLURM", "LOG", "FOLDER", "NOTE"]
+    cells = [
+        [
+            action,
+            str(job.job_id),
+            job.cluster or "",
+            job.slurm_column(),
+            job.log_column(),
+            str(job.folder),
+            note,
+        ]
+        for action, job, note in rows
     ]
+    print_table(
+        headers,
+        cells,
+        wrap=("ACTION", "SLURM", "LOG", "NOTE"),
+        optional=("CLUSTER",),
+    )

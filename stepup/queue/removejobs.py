@@ -13,7 +13,7 @@ from .jobsearch import (
     FAILED_STATES,
     FoundJob,
     add_search_arguments,
-    format_table,
+    print_actions,
     search_jobs,
 )
 from .wrapper import RET_NAME
@@ -143,8 +143,7 @@ def removejobs_tool(args: argparse.Namespace) -> int:
     for message in removal_errors:
         print(f"Error: {message}", file=sys.stderr)
     if rows:
-        for line in format_table(rows):
-            print(line)
+        print_actions(rows)
     else:
         print("No job logs found.")
     nerror = len(search.errors) + len(removal_errors)

@@ -49,6 +49,7 @@ __all__ = (
     "query_jobs",
     "requeue_exit_codes",
     "run_command",
+    "sacct_history",
     "sacct_records",
     "sacct_state",
     "squeue_command",
@@ -855,6 +856,39 @@ def _parse_time(text: str) -> datetime:
         return datetime.fromisoformat(text)
     except ValueError:
         return datetime.min
+
+
+# The fields `stepup jobs` shows: those of ACCOUNT_FIELDS (for `stranger`), times and exit code.
+HISTORY_FIELDS = ("JobIDRaw", "State", "ExitCode", "Submit", "Start", "End", "User", "WorkDir")
+
+
+def sacct_history(
+    job_ids: Iterable[int], cluster: str | None, timeout: float
+) -> dict[int, dict[str, str]] | None:
+    """Ask the accounting database for the states, times and exit codes of jobs, in one call.
+
+    Parameters
+    ----------
+    job_ids
+        The jobs to look up.
+    cluster
+        The cluster name (as in `sbatch -M`), `None` for the default cluster.
+    timeout
+        Seconds after which sacct is killed.
+
+    Returns
+    -------
+    records
+        Job id → the fields of `HISTORY_FIELDS` after `JobIDRaw` (a superset of
+        `ACCOUNT_FIELDS`; times as `YYYY-MM-DDTHH:MM:SS`, or `Unknown`/`None` when not yet
+        known), for the jobs sacct knows; `None` when sacct failed.
+    """
+    ids = ",".join(map(str, sorted(job_ids)))
+    args = ["sacct", *_cluster_args(cluster), "-X", "-n", "-P", "-a", "-j", ids]
+    result = run_command([*args, "-o", ",".join(HISTORY_FIELDS)], timeout=timeout)
+    if result.returncode != 0:
+        return None
+    return parse_sacct(result.stdout, HISTORY_FIELDS)
 
 
 _RE_REQUEUE_EXIT = re.compile(r"^(RequeueExit|RequeueExitHold)\s*=\s*(\S*)\s*$", re.MULTILINE)

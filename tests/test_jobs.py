@@ -1,0 +1,282 @@
+"""`stepup jobs`, run as a real subprocess on the real local SLURM, on both StepUp hosts."""
+
+import json
+import shutil
+import subprocess
+from datetime import datetime
+
+from conftest import JobTools, sacct, scontrol_state, wait_for
+from path import Path
+from test_canceljobs import table
+
+from stepup.queue.joblog import read_log
+from stepup.queue.jobs import format_duration
+
+
+def count_sacct(jobtools: JobTools):
+    """Log each call of `sacct` by `stepup jobs`, as the fixture does for squeue and scancel."""
+    bindir = jobtools.workflow.root.parent / "bin"
+    real = shutil.which("sacct")
+    wrapper = bindir / "sacct"
+    wrapper.write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {jobtools.calls_dir / "sacct.txt"}\nexec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+
+
+def sacct_times(record: dict[str, str]) -> tuple[datetime | None, ...]:
+    """Submit, Start and End of a sacct record; `None` for `Unknown`."""
+    return tuple(
+        None if record[name] in ("Unknown", "None", "") else datetime.fromisoformat(record[name])
+        for name in ("Submit", "Start", "End")
+    )
+
+
+def short_time(time: datetime) -> str:
+    """How the table shows a time stamp: the time of day for today."""
+    return f"{time:%H:%M:%S}" if time.date() == datetime.now().date() else f"{time:%m-%d %H:%M}"
+
+
+def test_help(jobtools: JobTools):
+    for command in (["stepup", "jobs"], ["sq-jobs"]):
+        result = subprocess.run(
+            [*command, "--help"],
+            env=jobtools.workflow.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        text = " ".join(result.stdout.split())
+        for option in "--state", "--json", "--timeline":
+            assert option in text
+        assert "This tool changes nothing." in text
+        # argparse may break the line after `stepup-`.
+        assert "pipinstallstepup-queue[plot]" in "".join(text.split())
+
+
+def test_table_and_json_match_sacct(jobtools: JobTools):
+    """A finished workflow plus pending, running and cancelled jobs: every state in one table.
+
+    The rows (state, pending reason, exit code, submit time, queue and run time) are compared
+    with SLURM's accounting records; SLURM is asked once with squeue and once with sacct.
+    """
+    wf = jobtools.workflow
+    wf.plan("""
+        static("ok/", "ok/slurmjob.sh", "bad/", "bad/slurmjob.sh")
+        sbatch("ok/")
+        sbatch("bad/")
+    """)
+    wf.job("ok", "#!/usr/bin/env bash\nsleep 2\n")
+    wf.job("bad", "#!/usr/bin/env bash\nsleep 1\nexit 3\n")
+    assert wf.boot().returncode != 0
+    ok = read_log(wf.root / "ok/slurmjob.log").job_id
+    bad = read_log(wf.root / "bad/slurmjob.log").job_id
+    held = jobtools.submit("held")
+    running = jobtools.submit("running", hold=False, command="sleep 300")
+    cancelled = jobtools.submit("cancelled")
+    subprocess.run(["scancel", str(cancelled)], check=True)
+    (wf.root / "corrupt").makedirs_p()
+    (wf.root / "corrupt/slurmjob.log").write_text("not a job log\n")
+    wait_for(lambda: scontrol_state(running) == "RUNNING", 60, "the job to run")
+    ids = {"bad": bad, "cancelled": cancelled, "held": held, "ok": ok, "running": running}
+    wait_for(lambda: len(sacct("-j", ",".join(map(str, ids.values())))) == 5, 60, "sacct")
+    wait_for(lambda: scontrol_state(cancelled) == "CANCELLED", 30, "the cancellation")
+    count_sacct(jobtools)
+    jobtools.reset_calls()
+
+    result = jobtools.run("jobs")
+    assert result.returncode == 0, result.stderr
+    assert "./corrupt/slurmjob.log" in result.stderr
+    assert len(jobtools.calls("squeue")) == 1
+    assert len(jobtools.calls("sacct")) == 1
+    records = {int(r["JobIDRaw"]): r for r in sacct("-j", ",".join(map(str, ids.values())))}
+    rows = table(result.stdout)
+    # Sorted by folder; no job names a cluster, so there is no CLUSTER column.
+    assert [row["FOLDER"] for row in rows] == sorted(ids)
+    assert [row["JOB"] for row in rows] == [str(ids[folder]) for folder in sorted(ids)]
+    states = {row["FOLDER"]: (row["STATE"], row["REASON/EXIT"]) for row in rows}
+    assert states == {
+        "bad": ("FAILED", "exit 3"),
+        "cancelled": ("CANCELLED", "no exit code"),
+        "held": ("PENDING", "JobHeldUser"),
+        "ok": ("COMPLETED", "exit 0"),
+        "running": ("RUNNING", ""),
+    }
+    for row in rows:
+        record = records[int(row["JOB"])]
+        submit, start, end = sacct_times(record)
+        assert row["SUBMITTED"] == short_time(submit)
+        if row["FOLDER"] in ("ok", "bad"):
+            assert row["QUEUED"] == format_duration((start - submit).total_seconds())
+            assert row["RAN"] == format_duration((end - start).total_seconds())
+    summary = result.stdout.splitlines()[-1]
+    assert summary.startswith(
+        "Summary: 5 jobs (1 CANCELLED, 1 COMPLETED, 1 FAILED, 1 PENDING, 1 RUNNING), queued "
+    )
+
+    jobtools.reset_calls()
+    # The user's settings for SLURM's commands change neither the times nor the fields.
+    settings = {"SLURM_TIME_FORMAT": "relative", "SACCT_FORMAT": "JobID", "SQUEUE_FORMAT": "%i"}
+    result = jobtools.run("jobs", "--json", env=settings)
+    assert result.returncode == 0, result.stderr
+    assert len(jobtools.calls("squeue")) == len(jobtools.calls("sacct")) == 1
+    document = json.loads(result.stdout)
+    assert sorted(document) == ["errors", "jobs", "summary", "unreachable"]
+    assert document["unreachable"] == []
+    assert len(document["errors"]) == 1
+    assert "./corrupt/slurmjob.log" in document["errors"][0]
+    jobs = document["jobs"]
+    assert [job["folder"] for job in jobs] == sorted(ids)
+    fields = ["folder", "job_id", "cluster", "state", "source", "reason", "exit_code", "signal"]
+    fields += ["submitted", "started", "ended", "queued_seconds", "ran_seconds"]
+    for job in jobs:
+        assert list(job) == fields
+        assert job["cluster"] is None
+        record = records[job["job_id"]]
+        submit, start, end = sacct_times(record)
+        assert job["submitted"] == record["Submit"]
+        if job["folder"] == "held":
+            assert job["started"] is None
+            assert job["ran_seconds"] is None
+        else:
+            # sacct dates the start of a job cancelled while pending at its cancellation.
+            assert job["started"] == record["Start"]
+        if job["folder"] in ("ok", "bad", "cancelled"):
+            assert job["state"] == record["State"].split()[0]
+            assert job["ended"] == record["End"]
+            assert job["queued_seconds"] == (start - submit).total_seconds()
+            assert job["ran_seconds"] == (end - start).total_seconds()
+        if job["folder"] in ("ok", "bad"):
+            assert job["exit_code"] == int(record["ExitCode"].split(":")[0])
+    by_folder = {job["folder"]: job for job in jobs}
+    assert by_folder["held"]["source"] == "squeue"
+    assert by_folder["held"]["reason"] == "JobHeldUser"
+    assert by_folder["held"]["ended"] is None
+    assert by_folder["running"]["state"] == "RUNNING"
+    assert by_folder["running"]["ran_seconds"] > 0
+    assert by_folder["bad"]["exit_code"] == 3
+    assert document["summary"]["jobs"] == 5
+    assert document["summary"]["states"] == {
+        "CANCELLED": 1,
+        "COMPLETED": 1,
+        "FAILED": 1,
+        "PENDING": 1,
+        "RUNNING": 1,
+    }
+    total = sum(job["ran_seconds"] or 0 for job in jobs)
+    assert document["summary"]["ran_seconds"] == total
+
+
+def test_state_filter(jobtools: JobTools):
+    held = jobtools.submit("held")
+    failed = jobtools.submit("failed", hold=False, command="exit 2", records=("FAILED",), ret="2")
+    jobtools.submit("done", hold=False, command="true", records=("COMPLETED",), ret="0")
+    wait_for(lambda: scontrol_state(failed) == "FAILED", 60, "the job to fail")
+    result = jobtools.run("jobs", "--state", "pending,FAILED")
+    assert result.returncode == 0, result.stderr
+    rows = table(result.stdout)
+    assert [(row["FOLDER"], row["JOB"], row["STATE"]) for row in rows] == [
+        ("failed", str(failed), "FAILED"),
+        ("held", str(held), "PENDING"),
+    ]
+    assert "Summary: 2 jobs (1 FAILED, 1 PENDING)" in result.stdout
+    assert "1 more not shown (--state)." in result.stdout
+    result = jobtools.run("jobs", "--json", "-s", "COMPLETED")
+    document = json.loads(result.stdout)
+    assert [job["folder"] for job in document["jobs"]] == ["done"]
+    result = jobtools.run("jobs", "--state", "TIMEOUT")
+    assert result.returncode == 0, result.stderr
+    assert "Summary: 0 jobs, queued 0s, ran 0s in total. 3 more not shown (--state)." in (
+        result.stdout
+    )
+
+
+def test_slurm_unreachable(jobtools: JobTools):
+    """When squeue fails, the table says so and shows what the logs know; the exit code is 0.
+
+    A fake squeue on PATH stands for a controller that does not answer: a real one cannot be
+    made to fail on demand without stopping it for the other tests. A log with an unknown
+    cluster is a real failure of SLURM's own commands.
+    """
+    root = jobtools.workflow.root
+    logged = jobtools.submit("logged", records=("RUNNING",))
+    exited = jobtools.submit("exited", records=("RUNNING",), ret="0\n")
+    failed = jobtools.submit("failed", ret="4\n")
+    only = jobtools.submit("submitted")
+    elsewhere = jobtools.submit("elsewhere", cluster="nosuchcluster", records=("TIMEOUT",))
+    bindir = root.parent / "broken"
+    bindir.makedirs_p()
+    (bindir / "squeue").write_text(
+        "#!/usr/bin/env bash\n"
+        "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2\n"
+        "exit 1\n"
+    )
+    (bindir / "squeue").chmod(0o755)
+    env = {"PATH": f"{bindir}:{jobtools.workflow.env['PATH']}"}
+    result = jobtools.run("jobs", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Warning: could not ask SLURM about the default cluster" in result.stderr
+    assert "SLURM could not be asked about the default cluster: its jobs show what their logs" in (
+        result.stdout
+    )
+    assert "SLURM could not be asked about cluster nosuchcluster" in result.stdout
+    rows = {row["FOLDER"]: row for row in table(result.stdout)}
+    got = {folder: (row["JOB"], row["CLUSTER"], row["STATE"]) for folder, row in rows.items()}
+    assert got == {
+        "elsewhere": (str(elsewhere), "nosuchcluster", "TIMEOUT"),
+        "exited": (str(exited), "", "COMPLETED"),
+        "failed": (str(failed), "", "FAILED"),
+        "logged": (str(logged), "", "RUNNING"),
+        "submitted": (str(only), "", "SUBMITTED"),
+    }
+    assert rows["failed"]["REASON/EXIT"] == "exit 4"
+    submitted = read_log(root / "logged/slurmjob.log").submitted_time
+    assert rows["logged"]["SUBMITTED"] == short_time(submitted)
+    document = json.loads(jobtools.run("jobs", "--json", env=env).stdout)
+    sources = {job["folder"]: job["source"] for job in document["jobs"]}
+    assert sources == {
+        "elsewhere": "log",
+        "exited": "ret",
+        "failed": "ret",
+        "logged": "log",
+        "submitted": "log",
+    }
+    assert sorted(str(item["cluster"]) for item in document["unreachable"]) == [
+        "None",
+        "nosuchcluster",
+    ]
+
+
+def test_long_folders_fit_80_columns(jobtools: JobTools):
+    deep = "/".join(f"level{i}-with-a-long-name" for i in range(6))
+    job_id = jobtools.submit(deep)
+    result = jobtools.run("jobs")
+    assert result.returncode == 0, result.stderr
+    # table() checks that every line fits 80 columns.
+    (row,) = table(result.stdout)
+    assert row["JOB"] == str(job_id)
+    assert row["FOLDER"].startswith("level0-with")
+    assert row["FOLDER"].endswith("level5-with-a-long-name"[-5:])
+    assert "…" in row["FOLDER"]
+    wide = jobtools.run("jobs", env={"COLUMNS": "200"})
+    assert table_line(wide.stdout, job_id).split()[0] == deep
+
+
+def table_line(stdout: str, job_id: int) -> str:
+    return next(line for line in stdout.splitlines() if f" {job_id} " in line)
+
+
+def test_from_job_folder(jobtools: JobTools):
+    """Without PATH, the current folder is searched."""
+    job_id = jobtools.submit("one")
+    jobtools.submit("two")
+    result = subprocess.run(
+        ["sq-jobs"],
+        cwd=Path(jobtools.workflow.root / "one"),
+        env=jobtools.workflow.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [row["JOB"] for row in table(result.stdout)] == [str(job_id)]
+    assert [row["FOLDER"] for row in table(result.stdout)] == ["."]
