@@ -36,6 +36,16 @@ FAST_ENV = {
     "STEPUP_SBATCH_SUBMIT_BACKOFF": "1",
     "STEPUP_SBATCH_COMMAND_TIMEOUT": "20",
 }
+# Plan bodies for Workflow.plan: one job in job/, and a job that succeeds next to one that fails.
+SIMPLE_PLAN = """
+static("job/", "job/slurmjob.sh")
+sbatch("job/")
+"""
+OK_AND_BAD_PLAN = """
+static("ok/", "ok/slurmjob.sh", "bad/", "bad/slurmjob.sh")
+sbatch("ok/")
+sbatch("bad/")
+"""
 CLEARED_ENV = (
     "STEPUP_QUEUE_ONCHANGE",
     "STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS",
@@ -480,3 +490,31 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition"):
             return
         time.sleep(0.2)
     pytest.fail(f"Timed out waiting for {what}")
+
+
+def fake_command(bindir: Path, name: str, body: str) -> Path:
+    """Put a bash script named `name` first on PATH (bindir must be on the workflow's PATH)."""
+    bindir.makedirs_p()
+    path = bindir / name
+    path.write_text(f"#!/usr/bin/env bash\n{body}")
+    path.chmod(0o755)
+    return path
+
+
+def with_bin(workflow: Workflow, bindir: Path) -> dict[str, str]:
+    """The PATH of the workflow with bindir first."""
+    return {"PATH": f"{bindir}:{workflow.env['PATH']}"}
+
+
+def unreachable_squeue(workflow: Workflow) -> dict[str, str]:
+    """The PATH of the workflow with an squeue that fails as when slurmctld cannot be reached.
+
+    A fake squeue: a real controller is unreachable only by accident.
+    """
+    bindir = workflow.root.parent / "broken"
+    fake_command(
+        bindir,
+        "squeue",
+        "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n",
+    )
+    return with_bin(workflow, bindir)

@@ -10,15 +10,10 @@ import subprocess
 import time
 
 import pytest
-from conftest import Workflow, wait_for
+from conftest import SIMPLE_PLAN, Workflow, wait_for
 from path import Path
 
 from stepup.queue.joblog import FORMAT_LINE
-
-SIMPLE_PLAN = """
-static("job/", "job/slurmjob.sh")
-sbatch("job/")
-"""
 
 # A placeholder for the step's digest: never the real one, and a valid second line of a log.
 OTHER_DIGEST = "0123456789abcdef"

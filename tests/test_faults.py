@@ -12,30 +12,13 @@ import subprocess
 import time
 
 import pytest
-from conftest import Workflow, scontrol_state, wait_for
+from conftest import SIMPLE_PLAN, Workflow, fake_command, scontrol_state, wait_for, with_bin
 from path import Path
 
 from stepup.queue.joblog import FORMAT_LINE, JobLog, append_record, read_log
 
 TOOLS = Path(__file__).parent.parent / "tools"
 SLURM_RUN = Path("/var/lib/stepup-queue-slurm/run")
-SIMPLE_PLAN = """
-static("job/", "job/slurmjob.sh")
-sbatch("job/")
-"""
-
-
-def fake_command(bindir: Path, name: str, body: str) -> Path:
-    """Put a bash script named `name` first on PATH (bindir must be on the workflow's PATH)."""
-    bindir.makedirs_p()
-    path = bindir / name
-    path.write_text(f"#!/usr/bin/env bash\n{body}")
-    path.chmod(0o755)
-    return path
-
-
-def with_bin(workflow: Workflow, bindir: Path) -> dict[str, str]:
-    return {"PATH": f"{bindir}:{workflow.env['PATH']}"}
 
 
 def submitted(workflow: Workflow, folder: str = "job") -> bool:

@@ -5,7 +5,7 @@ import shutil
 import subprocess
 from datetime import datetime
 
-from conftest import JobTools, sacct, scontrol_state, wait_for
+from conftest import OK_AND_BAD_PLAN, JobTools, sacct, scontrol_state, unreachable_squeue, wait_for
 from path import Path
 from test_canceljobs import table
 
@@ -61,11 +61,7 @@ def test_table_and_json_match_sacct(jobtools: JobTools):
     with SLURM's accounting records; SLURM is asked once with squeue and once with sacct.
     """
     wf = jobtools.workflow
-    wf.plan("""
-        static("ok/", "ok/slurmjob.sh", "bad/", "bad/slurmjob.sh")
-        sbatch("ok/")
-        sbatch("bad/")
-    """)
+    wf.plan(OK_AND_BAD_PLAN)
     wf.job("ok", "#!/usr/bin/env bash\nsleep 2\n")
     wf.job("bad", "#!/usr/bin/env bash\nsleep 1\nexit 3\n")
     assert wf.boot().returncode != 0
@@ -170,8 +166,10 @@ def test_table_and_json_match_sacct(jobtools: JobTools):
 def test_state_filter(jobtools: JobTools):
     held = jobtools.submit("held")
     failed = jobtools.submit("failed", hold=False, command="exit 2", records=("FAILED",), ret="2")
-    jobtools.submit("done", hold=False, command="true", records=("COMPLETED",), ret="0")
+    done = jobtools.submit("done", hold=False, command="true", records=("COMPLETED",), ret="0")
     wait_for(lambda: scontrol_state(failed) == "FAILED", 60, "the job to fail")
+    # Under load, the job in done/ may still be pending: its state would then be shown.
+    wait_for(lambda: scontrol_state(done) == "COMPLETED", 60, "the job to complete")
     result = jobtools.run("jobs", "--state", "pending,FAILED")
     assert result.returncode == 0, result.stderr
     rows = table(result.stdout)
@@ -204,15 +202,7 @@ def test_slurm_unreachable(jobtools: JobTools):
     failed = jobtools.submit("failed", ret="4\n")
     only = jobtools.submit("submitted")
     elsewhere = jobtools.submit("elsewhere", cluster="nosuchcluster", records=("TIMEOUT",))
-    bindir = root.parent / "broken"
-    bindir.makedirs_p()
-    (bindir / "squeue").write_text(
-        "#!/usr/bin/env bash\n"
-        "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2\n"
-        "exit 1\n"
-    )
-    (bindir / "squeue").chmod(0o755)
-    env = {"PATH": f"{bindir}:{jobtools.workflow.env['PATH']}"}
+    env = unreachable_squeue(jobtools.workflow)
     result = jobtools.run("jobs", env=env)
     assert result.returncode == 0, result.stderr
     assert "Warning: could not ask SLURM about the default cluster" in result.stderr

@@ -5,18 +5,13 @@ import subprocess
 import time
 
 import pytest
-from conftest import FAILED_RC, Workflow, lock_free, scontrol_state, wait_for
+from conftest import FAILED_RC, SIMPLE_PLAN, Workflow, lock_free, scontrol_state, wait_for
 from path import Path
 
 from benchmarks.common import diff_counts, sdiag_counts
 from stepup.queue.config import Config
 from stepup.queue.joblog import FORMAT_LINE, append_record, read_log
 from stepup.queue.scheduler import StateCache
-
-SIMPLE_PLAN = """
-static("job/", "job/slurmjob.sh")
-sbatch("job/")
-"""
 
 
 def test_success(workflow: Workflow):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
-from conftest import FAILED_RC, Workflow, sacct, wait_for
+from conftest import FAILED_RC, SIMPLE_PLAN, Workflow, sacct, wait_for
 from path import Path
 
 from benchmarks.common import diff_counts, sdiag_counts
@@ -166,7 +166,7 @@ def test_submit_limit_waits_for_room(workflow: Workflow, max_submit, tmp_path):
 
 @pytest.mark.serial
 def test_submit_limit_with_no_job_queued_fails(workflow: Workflow, max_submit):
-    workflow.plan('static("job/", "job/slurmjob.sh")\nsbatch("job/")')
+    workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\necho never\n")
     max_submit(0)
     result = workflow.boot()
@@ -216,7 +216,7 @@ def check_cancelled_within_grace(workflow: Workflow, result, reason: str):
 
 
 def test_partition_time_limit_is_cancelled(workflow: Workflow, tiny_partition):
-    workflow.plan('static("job/", "job/slurmjob.sh")\nsbatch("job/")')
+    workflow.plan(SIMPLE_PLAN)
     workflow.job(
         "job", f"#!/usr/bin/env bash\n#SBATCH -p {tiny_partition}\n#SBATCH --time=5\necho x\n"
     )
@@ -235,14 +235,14 @@ def test_dependency_never_satisfied_is_cancelled(workflow: Workflow):
         check=True,
     ).stdout.strip()
     wait_for(lambda: [r["State"] for r in sacct("-j", failed)] == ["FAILED"], 60, "a failed job")
-    workflow.plan('static("job/", "job/slurmjob.sh")\nsbatch("job/")')
+    workflow.plan(SIMPLE_PLAN)
     workflow.job("job", f"#!/usr/bin/env bash\n#SBATCH --dependency=afterok:{failed}\necho x\n")
     result = workflow.boot(env={"STEPUP_SBATCH_HOPELESS_GRACE": str(GRACE)})
     check_cancelled_within_grace(workflow, result, "DependencyNeverSatisfied")
 
 
 def test_held_job_is_never_cancelled(workflow: Workflow):
-    workflow.plan('static("job/", "job/slurmjob.sh")\nsbatch("job/")')
+    workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --hold\necho released > out.txt\n")
     proc = workflow.popen(env={"STEPUP_SBATCH_HOPELESS_GRACE": "1"})
     try:
@@ -271,7 +271,7 @@ def test_held_job_is_never_cancelled(workflow: Workflow):
 
 def test_live_job_without_log_blocks_a_second_submission(workflow: Workflow):
     """A job still queued from a folder whose log was removed: no second job, a clear error."""
-    workflow.plan('static("job/", "job/slurmjob.sh")\nsbatch("job/")')
+    workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\nsleep 60\n")
     first = subprocess.run(
         ["sbatch", "--parsable", "slurmjob.sh"],

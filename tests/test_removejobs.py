@@ -3,7 +3,7 @@
 import subprocess
 
 import pytest
-from conftest import JobTools, scontrol_state, wait_for
+from conftest import OK_AND_BAD_PLAN, JobTools, scontrol_state, unreachable_squeue, wait_for
 from path import Path
 from test_canceljobs import snapshot, table
 from test_jobsearch import write_log
@@ -29,11 +29,7 @@ def test_help(jobtools: JobTools):
 
 def test_remove_failed_jobs_then_boot_resubmits_them(jobtools: JobTools):
     wf = jobtools.workflow
-    wf.plan("""
-        static("ok/", "ok/slurmjob.sh", "bad/", "bad/slurmjob.sh")
-        sbatch("ok/")
-        sbatch("bad/")
-    """)
+    wf.plan(OK_AND_BAD_PLAN)
     wf.job("ok", "#!/usr/bin/env bash\necho fine\n")
     wf.job("bad", "#!/usr/bin/env bash\necho broken >&2\nexit 3\n")
     (wf.root / "bad/notes.txt").write_text("the user's own file\n")
@@ -158,15 +154,7 @@ def test_refuses_when_slurm_cannot_be_asked(jobtools: JobTools, broken: str):
     wait_for(lambda: scontrol_state(failed) == "FAILED", 60, "the job to fail")
     env = {}
     if broken == "squeue":
-        bindir = root.parent / "broken"
-        bindir.makedirs_p()
-        (bindir / "squeue").write_text(
-            "#!/usr/bin/env bash\n"
-            "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2\n"
-            "exit 1\n"
-        )
-        (bindir / "squeue").chmod(0o755)
-        env["PATH"] = f"{bindir}:{jobtools.workflow.env['PATH']}"
+        env = unreachable_squeue(jobtools.workflow)
     else:
         jobtools.submit("elsewhere", cluster="nosuchcluster", records=("FAILED",), ret="1")
     before = snapshot(root)

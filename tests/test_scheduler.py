@@ -33,7 +33,7 @@ from stepup.queue.scheduler import (
     parse_scontrol,
     parse_squeue,
     run_command,
-    sacct_state,
+    sacct_records,
     squeue_command,
     submit,
 )
@@ -56,6 +56,12 @@ COMMENTS = {
     8: "stepup-queue-fedcba9876543210",
 }
 STATES_AFTER_SCANCEL = STATES | {8: "CANCELLED", 9: "CANCELLED"}
+
+
+def sacct_state(job_id: int) -> str | None:
+    """One job's state in the accounting database, `None` when sacct does not know it."""
+    record = (sacct_records([job_id], None, 20) or {}).get(job_id)
+    return None if record is None else record["State"]
 
 
 def data(name: str) -> str:
@@ -623,9 +629,9 @@ def test_state_cache_sees_a_real_job(slurm, tmp_path):
     finally:
         subprocess.run(["scancel", str(job_id)], check=True)
     deadline = time.monotonic() + 30
-    while sacct_state(job_id, None, timeout=20) != "CANCELLED" and time.monotonic() < deadline:
+    while sacct_state(job_id) != "CANCELLED" and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert sacct_state(job_id, None, timeout=20) == "CANCELLED"
+    assert sacct_state(job_id) == "CANCELLED"
 
 
 def test_find_by_token_after_purge_without_comments(slurm, tmp_path, monkeypatch):
@@ -667,7 +673,7 @@ def test_find_by_token_after_purge_without_comments(slurm, tmp_path, monkeypatch
     token = "stepup-queue-" + os.urandom(8).hex()
     monkeypatch.chdir(Path(tmp_path) / "one")
     try:
-        wait_for(lambda: sacct_state(running, None, 20) == "RUNNING", 60, "sacct to list it")
+        wait_for(lambda: sacct_state(running) == "RUNNING", 60, "sacct to list it")
         assert find_by_token(token, None, since, config) == (True, ids["one"][0])
     finally:
         subprocess.run(["scancel", str(running)], check=True)
@@ -790,7 +796,7 @@ def test_queries_ignore_the_user_slurm_settings(slurm, tmp_path, monkeypatch):
         squeue = run_command(squeue_command(None), timeout=20)
         listing = parse_squeue(squeue.stdout)
         assert (listing.states[job_id], listing.comments[job_id]) == ("PENDING", token)
-        wait_for(lambda: sacct_state(job_id, None, 20) == "PENDING", 60, "sacct to list it")
+        wait_for(lambda: sacct_state(job_id) == "PENDING", 60, "sacct to list it")
         args = ["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "JobIDRaw,Submit"]
         submit_time = parse_sacct(run_command(args, timeout=20).stdout, ("JobIDRaw", "Submit"))
         assert abs(datetime.fromisoformat(submit_time[job_id]["Submit"]) - datetime.now()) < (

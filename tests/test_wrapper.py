@@ -8,7 +8,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import FAILED_RC, HOST, Workflow, sacct, wait_for
+from conftest import FAILED_RC, HOST, SIMPLE_PLAN, Workflow, sacct, wait_for
 from path import Path
 
 from stepup.queue.joblog import read_log
@@ -604,11 +604,6 @@ def test_wrapper_submitted_with_sbatch(slurm, jobdir, kind):
 
 
 # Signals for the batch shell alone, in a real workflow on the real SLURM
-
-SIMPLE_PLAN = """
-static("job/", "job/slurmjob.sh")
-sbatch("job/")
-"""
 
 
 def assert_step_failed_with(output: str, job_id: int, code: int):

@@ -8,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .jobsearch import FoundJob, add_search_arguments, print_actions, search_jobs
+from .jobsearch import FoundJob, add_search_arguments, add_tool, print_actions, search_jobs
 from .scheduler import MAX_SCANCEL_IDS, cancel
 
 __all__ = ("canceljobs_subcommand", "canceljobs_tool", "sq_cancel_jobs")
@@ -31,16 +31,19 @@ _ALL_HELP = (
 
 
 def canceljobs_subcommand(subparsers: argparse._SubParsersAction, loader=None) -> Callable:
-    """Add the `canceljobs` subcommand and return the function that runs it.
-
-    StepUp 3 calls this with the subparsers only, StepUp 4 also with its configuration loader
-    (unused). Both ignore what the tool returns, so it exits through `sys.exit`.
-    """
-    parser = subparsers.add_parser(
+    """Add the `canceljobs` subcommand and return the function that runs it (see `add_tool`)."""
+    summary = "Cancel the SLURM jobs of a workflow, found through their slurmjob.log files."
+    return add_tool(
+        subparsers,
         "canceljobs",
-        help="Cancel the SLURM jobs of a workflow, found through their slurmjob.log files.",
+        summary=summary,
         description=_DESCRIPTION,
+        add_arguments=_add_arguments,
+        tool=canceljobs_tool,
     )
+
+
+def _add_arguments(parser: argparse.ArgumentParser):
     add_search_arguments(parser)
     parser.add_argument("-a", "--all", action="store_true", help=_ALL_HELP)
     parser.add_argument(
@@ -49,7 +52,6 @@ def canceljobs_subcommand(subparsers: argparse._SubParsersAction, loader=None) -
         action="store_true",
         help="Only show which jobs would be cancelled; run no scancel.",
     )
-    return lambda args: sys.exit(canceljobs_tool(args))
 
 
 def sq_cancel_jobs(argv: list[str] | None = None):

@@ -17,7 +17,7 @@ from datetime import datetime
 from path import Path
 
 from .joblog import FINAL_STATES
-from .jobsearch import FoundJob, JobSearch, add_search_arguments, search_jobs
+from .jobsearch import FoundJob, JobSearch, add_search_arguments, add_tool, search_jobs
 from .tables import print_table
 
 __all__ = ("JobRow", "format_duration", "job_rows", "jobs_subcommand", "jobs_tool", "sq_jobs")
@@ -278,19 +278,19 @@ def _print_table(rows: list[JobRow], search: JobSearch, hidden: int, now: dateti
 
 
 def jobs_subcommand(subparsers: argparse._SubParsersAction, loader=None) -> Callable:
-    """Add the `jobs` subcommand and return the function that runs it.
-
-    StepUp 3 calls this with the subparsers only, StepUp 4 also with its configuration loader
-    (unused). Both ignore what the tool returns, so it exits through `sys.exit`.
-    """
-    parser = subparsers.add_parser(
-        "jobs",
-        help="Show the SLURM jobs of a workflow (states, queue and run times) as a table, "
-        "as JSON or as a timeline chart.",
-        description=_DESCRIPTION,
+    """Add the `jobs` subcommand and return the function that runs it (see `add_tool`)."""
+    summary = (
+        "Show the SLURM jobs of a workflow (states, queue and run times) as a table, as JSON "
+        "or as a timeline chart."
     )
-    _add_arguments(parser)
-    return lambda args: sys.exit(jobs_tool(args))
+    return add_tool(
+        subparsers,
+        "jobs",
+        summary=summary,
+        description=_DESCRIPTION,
+        add_arguments=_add_arguments,
+        tool=jobs_tool,
+    )
 
 
 def sq_jobs(argv: list[str] | None = None):

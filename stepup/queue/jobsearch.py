@@ -11,14 +11,21 @@ import argparse
 import getpass
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from path import Path
 
 from .config import Config, ConfigError
 from .joblog import FINAL_STATES, LOG_NAME, JobLog, JobLogError, find_logs, read_log
-from .scheduler import parse_squeue, run_command, sacct_history, squeue_command, stranger
+from .scheduler import (
+    HISTORY_FIELDS,
+    parse_squeue,
+    run_command,
+    sacct_records,
+    squeue_command,
+    stranger,
+)
 from .tables import print_table
 from .wrapper import read_ret
 
@@ -27,6 +34,7 @@ __all__ = (
     "FoundJob",
     "JobSearch",
     "add_search_arguments",
+    "add_tool",
     "ask_slurm",
     "find_jobs",
     "print_actions",
@@ -292,7 +300,8 @@ def ask_slurm(jobs: list[FoundJob], timeout: float, history: bool = False) -> di
         unlisted = [job for job in cluster_jobs if job.job_id is not None and job.live is None]
         wanted = [job for job in cluster_jobs if job.job_id is not None] if history else unlisted
         if wanted:
-            records = sacct_history([job.job_id for job in wanted], cluster, timeout) or {}
+            ids = [job.job_id for job in wanted]
+            records = sacct_records(ids, cluster, timeout, HISTORY_FIELDS) or {}
             for job in unlisted:
                 job.account = records.get(job.job_id)
                 job.margin = timeout
@@ -355,6 +364,26 @@ def add_search_arguments(parser: argparse.ArgumentParser):
         help=f"Folders searched recursively for {LOG_NAME} (hidden folders are skipped). "
         "Default: the current folder.",
     )
+
+
+def add_tool(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    *,
+    summary: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    tool: Callable[[argparse.Namespace], int],
+) -> Callable:
+    """Add a job tool as a StepUp subcommand and return the function that runs it.
+
+    The tools register with `(subparsers, loader=None)`: StepUp 3 passes the subparsers only,
+    StepUp 4 also its configuration loader (unused). Both ignore what the returned function
+    returns, so it exits through `sys.exit`.
+    """
+    parser = subparsers.add_parser(name, help=summary, description=description)
+    add_arguments(parser)
+    return lambda args: sys.exit(tool(args))
 
 
 def print_actions(rows: list[tuple[str, FoundJob, str]]):

@@ -13,6 +13,7 @@ from .jobsearch import (
     FAILED_STATES,
     FoundJob,
     add_search_arguments,
+    add_tool,
     print_actions,
     search_jobs,
 )
@@ -37,19 +38,19 @@ slurmjob.ret of the selected jobs are removed, and nothing else (never the job s
 
 
 def removejobs_subcommand(subparsers: argparse._SubParsersAction, loader=None) -> Callable:
-    """Add the `removejobs` subcommand and return the function that runs it.
-
-    StepUp 3 calls this with the subparsers only, StepUp 4 also with its configuration loader
-    (unused). Both ignore what the tool returns, so it exits through `sys.exit`.
-    """
-    parser = subparsers.add_parser(
-        "removejobs",
-        help="Remove the log and output files of failed (or all ended) SLURM jobs of a "
-        "workflow, so that they are submitted again.",
-        description=_DESCRIPTION,
+    """Add the `removejobs` subcommand and return the function that runs it (see `add_tool`)."""
+    summary = (
+        "Remove the log and output files of failed (or all ended) SLURM jobs of a workflow, "
+        "so that they are submitted again."
     )
-    _add_arguments(parser)
-    return lambda args: sys.exit(removejobs_tool(args))
+    return add_tool(
+        subparsers,
+        "removejobs",
+        summary=summary,
+        description=_DESCRIPTION,
+        add_arguments=_add_arguments,
+        tool=removejobs_tool,
+    )
 
 
 def sq_remove_jobs(argv: list[str] | None = None):

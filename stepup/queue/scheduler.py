@@ -49,9 +49,7 @@ __all__ = (
     "query_jobs",
     "requeue_exit_codes",
     "run_command",
-    "sacct_history",
     "sacct_records",
-    "sacct_state",
     "squeue_command",
     "stranger",
     "submit",
@@ -670,19 +668,17 @@ def query_jobs(job_ids: Iterable[int], cluster: str | None, timeout: float) -> L
     return parse_squeue(result.stdout)
 
 
-def sacct_state(job_id: int, cluster: str | None, timeout: float) -> str | None:
-    """Ask the accounting database for one job's state; `None` when it cannot tell."""
-    records = sacct_records([job_id], cluster, timeout)
-    entry = None if records is None else records.get(job_id)
-    return None if entry is None else entry["State"]
-
-
 # User before WorkDir, the field that takes the rest of the line.
 ACCOUNT_FIELDS = ("JobIDRaw", "State", "Submit", "User", "WorkDir")
+# The fields `stepup jobs` shows: those of ACCOUNT_FIELDS (for `stranger`), times and exit code.
+HISTORY_FIELDS = ("JobIDRaw", "State", "ExitCode", "Submit", "Start", "End", "User", "WorkDir")
 
 
 def sacct_records(
-    job_ids: Iterable[int], cluster: str | None, timeout: float
+    job_ids: Iterable[int],
+    cluster: str | None,
+    timeout: float,
+    fields: tuple[str, ...] = ACCOUNT_FIELDS,
 ) -> dict[int, dict[str, str]] | None:
     """Ask the accounting database about jobs of any user, in one call.
 
@@ -694,19 +690,23 @@ def sacct_records(
         The cluster name (as in `sbatch -M`), `None` for the default cluster.
     timeout
         Seconds after which sacct is killed.
+    fields
+        The fields to ask, `JobIDRaw` first and `WorkDir` last: `ACCOUNT_FIELDS`, or
+        `HISTORY_FIELDS` (also times as `YYYY-MM-DDTHH:MM:SS`, or `Unknown`/`None` when not yet
+        known, and the exit code).
 
     Returns
     -------
     records
-        Job id → the fields of `ACCOUNT_FIELDS` after `JobIDRaw`, for the jobs sacct knows;
-        `None` when sacct failed.
+        Job id → the fields after `JobIDRaw`, for the jobs sacct knows; `None` when sacct
+        failed.
     """
     ids = ",".join(map(str, sorted(job_ids)))
     args = ["sacct", *_cluster_args(cluster), "-X", "-n", "-P", "-a", "-j", ids]
-    result = run_command([*args, "-o", ",".join(ACCOUNT_FIELDS)], timeout=timeout)
+    result = run_command([*args, "-o", ",".join(fields)], timeout=timeout)
     if result.returncode != 0:
         return None
-    return parse_sacct(result.stdout, ACCOUNT_FIELDS)
+    return parse_sacct(result.stdout, fields)
 
 
 def stranger(
@@ -856,39 +856,6 @@ def _parse_time(text: str) -> datetime:
         return datetime.fromisoformat(text)
     except ValueError:
         return datetime.min
-
-
-# The fields `stepup jobs` shows: those of ACCOUNT_FIELDS (for `stranger`), times and exit code.
-HISTORY_FIELDS = ("JobIDRaw", "State", "ExitCode", "Submit", "Start", "End", "User", "WorkDir")
-
-
-def sacct_history(
-    job_ids: Iterable[int], cluster: str | None, timeout: float
-) -> dict[int, dict[str, str]] | None:
-    """Ask the accounting database for the states, times and exit codes of jobs, in one call.
-
-    Parameters
-    ----------
-    job_ids
-        The jobs to look up.
-    cluster
-        The cluster name (as in `sbatch -M`), `None` for the default cluster.
-    timeout
-        Seconds after which sacct is killed.
-
-    Returns
-    -------
-    records
-        Job id → the fields of `HISTORY_FIELDS` after `JobIDRaw` (a superset of
-        `ACCOUNT_FIELDS`; times as `YYYY-MM-DDTHH:MM:SS`, or `Unknown`/`None` when not yet
-        known), for the jobs sacct knows; `None` when sacct failed.
-    """
-    ids = ",".join(map(str, sorted(job_ids)))
-    args = ["sacct", *_cluster_args(cluster), "-X", "-n", "-P", "-a", "-j", ids]
-    result = run_command([*args, "-o", ",".join(HISTORY_FIELDS)], timeout=timeout)
-    if result.returncode != 0:
-        return None
-    return parse_sacct(result.stdout, HISTORY_FIELDS)
 
 
 _RE_REQUEUE_EXIT = re.compile(r"^(RequeueExit|RequeueExitHold)\s*=\s*(\S*)\s*$", re.MULTILINE)
