@@ -50,6 +50,7 @@ __all__ = (
     "requeue_exit_codes",
     "run_command",
     "sacct_records",
+    "show_config",
     "squeue_command",
     "stranger",
     "submit",
@@ -533,9 +534,7 @@ class StateCache:
             Why SLURM could not name the default cluster, `None` once `path` is set.
         """
         if self.path is None:
-            result = run_command(
-                ["scontrol", "show", "config"], timeout=self.config.command_timeout
-            )
+            result = show_config(None, self.config.command_timeout)
             if result.returncode != 0:
                 return result.describe()
             match = _RE_CLUSTER_NAME.search(result.stdout)
@@ -858,6 +857,32 @@ def _parse_time(text: str) -> datetime:
         return datetime.min
 
 
+# Successful answers of `scontrol show config`: a step asks for the name of the default cluster
+# and, after a non-zero exit code, for the requeue codes. Keyed by what selects the answer: the
+# cluster, and the SLURM installation (PATH and SLURM_CONF, which a cluster module changes).
+_CONFIGS: dict[tuple[str | None, str | None, str | None], CommandResult] = {}
+
+
+def show_config(cluster: str | None, timeout: float) -> CommandResult:
+    """SLURM's configuration (`scontrol show config`), asked once per process when it answers.
+
+    Parameters
+    ----------
+    cluster
+        The cluster name (as in `sbatch -M`), `None` for the default cluster.
+    timeout
+        Seconds after which scontrol is killed.
+    """
+    key = (cluster, os.environ.get("SLURM_CONF"), os.environ.get("PATH"))
+    result = _CONFIGS.get(key)
+    if result is None:
+        args = ["scontrol", *_cluster_args(cluster), "show", "config"]
+        result = run_command(args, timeout=timeout)
+        if result.returncode == 0:
+            _CONFIGS[key] = result
+    return result
+
+
 _RE_REQUEUE_EXIT = re.compile(r"^(RequeueExit|RequeueExitHold)\s*=\s*(\S*)\s*$", re.MULTILINE)
 
 
@@ -877,7 +902,7 @@ def requeue_exit_codes(cluster: str | None, timeout: float) -> frozenset[int] | 
         The codes in `RequeueExit` and `RequeueExitHold` of slurm.conf (lists of codes and
         ranges, e.g. `1-9,18`); `None` when scontrol failed or printed a list it cannot parse.
     """
-    result = run_command(["scontrol", *_cluster_args(cluster), "show", "config"], timeout=timeout)
+    result = show_config(cluster, timeout)
     if result.returncode != 0:
         return None
     codes = set()
