@@ -130,6 +130,22 @@ def _account_record(joblog: JobLog, config: Config) -> dict[str, str] | None:
     return record
 
 
+def _account_state(joblog: JobLog, config: Config) -> str | None:
+    """The logged job's state in SLURM's accounting, `None` when sacct does not know it."""
+    record = _account_record(joblog, config)
+    return None if record is None else record["State"]
+
+
+def _current_state(joblog: JobLog, snapshot: Snapshot, config: Config) -> str | None:
+    """The logged job's state in a status answer, else in the accounting database.
+
+    A job leaves slurmctld's memory MinJobAge seconds after it ended (at once when cancelled
+    while requeued); the accounting database still knows it.
+    """
+    current = snapshot.states.get(joblog.job_id)
+    return _account_state(joblog, config) if current is None else current
+
+
 def _on_cluster(joblog: JobLog) -> str:
     return "" if joblog.cluster is None else f" on cluster {joblog.cluster}"
 
@@ -392,11 +408,7 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
                     f"{snapshot.time} {cache.command()} rc={snapshot.returncode} {snapshot.error}"
                 )
             if snapshot.ok and snapshot.time >= trusted_after:
-                current = snapshot.states.get(joblog.job_id)
-                if current is None:
-                    # Purged from slurmctld's memory (MinJobAge): ask the accounting database.
-                    record = _account_record(joblog, config)
-                    current = None if record is None else record["State"]
+                current = _current_state(joblog, snapshot, config)
                 if current is not None and current != state:
                     append_record(joblog.path, current)
                     state = current
@@ -512,11 +524,7 @@ def _runs_again(joblog: JobLog, config: Config) -> str | None:
             return None
         snapshot = cache.snapshot()
         if snapshot.ok and snapshot.time >= trusted_after:
-            current = snapshot.states.get(joblog.job_id)
-            if current is None:
-                # Purged from slurmctld's memory (at once when cancelled while requeued).
-                record = _account_record(joblog, config)
-                current = None if record is None else record["State"]
+            current = _current_state(joblog, snapshot, config)
             if current in FINAL_STATES:
                 return current
 
@@ -537,8 +545,7 @@ def _signal_end(joblog: JobLog, config: Config) -> str | None:
     """
     deadline = time.monotonic() + config.ret_timeout
     while True:
-        record = _account_record(joblog, config)
-        state = None if record is None else record["State"]
+        state = _account_state(joblog, config)
         if state in FINAL_STATES or time.monotonic() >= deadline:
             return state
         _nap(config)
