@@ -34,11 +34,13 @@ KILL_POINTS = {
 }
 
 
-def kill_during_submission(workflow: Workflow, bindir: Path, point: str) -> JobLog:
+def kill_during_submission(
+    workflow: Workflow, bindir: Path, point: str, env: dict[str, str] | None = None
+) -> JobLog:
     """Boot the workflow with a fake sbatch that kills the worker at `point`; return the log."""
     marker = bindir / "fake-ran"
     fake_command(bindir, "sbatch", f"touch {marker}\n{KILL_POINTS[point]}")
-    proc = workflow.popen(env=with_bin(workflow, bindir))
+    proc = workflow.popen(env=(env or {}) | with_bin(workflow, bindir))
     wait_for(marker.exists, 60, "the fake sbatch to run")
     time.sleep(1)
     workflow.kill(proc)
@@ -63,6 +65,25 @@ def test_exactly_once_when_killed_during_submission(workflow: Workflow, tmp_path
     (record,) = workflow.final_jobs(1)
     assert record["Comment"] == log.token
     assert record["JobIDRaw"] == str(read_log(workflow.root / "job/slurmjob.log").job_id)
+    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
+
+
+def test_interrupted_submission_to_a_cluster_named_in_the_environment(workflow: Workflow, tmp_path):
+    """With SBATCH_CLUSTERS set, the job found after a kill is logged with that cluster.
+
+    sbatch takes the cluster from the environment over the script's -M: the job is looked up
+    there and logged as `ID;CLUSTER`, as sbatch prints it for a submission that was not cut
+    off. A fake `sbatch` kills the worker right after the real sbatch ran.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho once\n")
+    env = {"SBATCH_CLUSTERS": "localcluster"}
+    kill_during_submission(workflow, Path(tmp_path) / "bin", "after_sbatch", env)
+    result = workflow.boot(env=env)
+    assert result.returncode == 0, result.stdout
+    (record,) = workflow.final_jobs(1)
+    log = read_log(workflow.root / "job/slurmjob.log")
+    assert (log.job_id, log.cluster) == (int(record["JobIDRaw"]), "localcluster")
     assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
 
 

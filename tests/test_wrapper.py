@@ -219,6 +219,21 @@ def test_clusters_last_one_wins_and_after_command_ignored(jobdir):
     assert read_job_script("slurmjob.sh").clusters is None
 
 
+@pytest.mark.parametrize(
+    ("env", "clusters"),
+    [
+        ({}, "script"),
+        ({"SLURM_CLUSTERS": "b"}, "b"),
+        ({"SBATCH_CLUSTERS": "c,d", "SLURM_CLUSTERS": "b"}, "c,d"),
+        ({"SBATCH_CLUSTERS": ""}, "script"),
+    ],
+)
+def test_clusters_from_environment(jobdir, env, clusters):
+    """As in sbatch, SBATCH_CLUSTERS or SLURM_CLUSTERS override the script's -M."""
+    write_script("#!/bin/bash\n#SBATCH -M script\nhostname\n")
+    assert read_job_script("slurmjob.sh", env).clusters == clusters
+
+
 @pytest.mark.parametrize("mode", [0o755, 0o644])
 def test_script_name_with_space_runs(jobdir, mode):
     write_script("#!/bin/bash\necho hi from $0\n", name="slurm job.sh", mode=mode)

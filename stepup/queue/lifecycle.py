@@ -82,7 +82,7 @@ def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str
             "STEPUP_STEP_INP_DIGEST is not set: an sbatch step must run as a StepUp step "
             "(stepup >= 3.1.4), made by stepup.queue.api.sbatch() in plan.py."
         )
-    script = read_job_script(f"slurmjob{ext}")
+    script = read_job_script(f"slurmjob{ext}", env)
     StateCache(config, None).check_writable()
     # Absolute paths, so that every message names the file in full.
     log_path = Path.cwd() / LOG_NAME

@@ -12,6 +12,7 @@ SLURM lists the job as RUNNING: SLURM also sends it to every process of a job th
 
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from path import Path
@@ -76,13 +77,16 @@ class JobScript:
         return self.clusters.split(",")[0] if self.clusters else None
 
 
-def read_job_script(path: str | Path) -> JobScript:
+def read_job_script(path: str | Path, env: Mapping[str, str] | None = None) -> JobScript:
     """Read and check a job script before anything is submitted.
 
     Parameters
     ----------
     path
         The job script, relative to the current (job) folder.
+    env
+        The environment in which sbatch will run. Its `SBATCH_CLUSTERS` or `SLURM_CLUSTERS`
+        overrides the script's `-M`, as in sbatch.
 
     Returns
     -------
@@ -144,6 +148,9 @@ def read_job_script(path: str | Path) -> JobScript:
             options = _check_directive(where, lineno, line)
             clusters = _find_clusters(options) or clusters
             directives.append(line)
+    if env is not None:
+        # sbatch(1): environment variables override the options in the batch script.
+        clusters = env.get("SBATCH_CLUSTERS") or env.get("SLURM_CLUSTERS") or clusters
     return JobScript(path, tuple(directives), clusters, _run_command(path, lines[0]))
 
 
