@@ -8,7 +8,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import FAILED_RC, HOST, SIMPLE_PLAN, Workflow, sacct, wait_for
+from conftest import FAILED_RC, HOST, SIMPLE_PLAN, Workflow, fake_command, sacct, wait_for
 from path import Path
 
 from stepup.queue.joblog import read_log
@@ -284,15 +284,11 @@ def test_render_wrapper():
         "# SLURM ends a job (scancel, time limit, requeue) with SIGTERM to all its processes,\n"
         "# and then lists it no longer as RUNNING. A SIGTERM while the job runs on is for this\n"
         "# batch shell alone (--signal=B:TERM@60, scancel -b -s TERM): it is the script's.\n"
-        "on_term() {\n"
-        '    if [ -n "${SLURM_JOB_ID:-}" ] \\\n'
+        "running() {\n"
+        '    [ -n "${SLURM_JOB_ID:-}" ] \\\n'
         '        && scontrol show job "$SLURM_JOB_ID" 2> /dev/null | grep -q " JobState=RUNNING "\n'
-        "    then\n"
-        "        forward TERM\n"
-        "    else\n"
-        "        terminated=yes\n"
-        "    fi\n"
         "}\n"
+        "on_term() { if running; then forward TERM; else terminated=yes; fi; }\n"
         "trap on_term TERM\n"
         "# With job control, the script in the background keeps SIGINT and SIGQUIT at their\n"
         "# defaults and bash runs a SIGINT trap like any other. Poll, not wait: bash 5.2 may\n"
@@ -310,6 +306,8 @@ def test_render_wrapper():
         "    code=$?\n"
         "    set +m\n"
         "} 3>&2 2> /dev/null\n"
+        "# SLURM's SIGTERM may reach the script first, and end it before this shell traps it.\n"
+        'if [ "$code" -ne 0 ] && [ -n "${SLURM_JOB_ID:-}" ] && ! running; then terminated=yes; fi\n'
         "# A job ended by SLURM leaves no exit code: the step then reports SLURM's state.\n"
         'if [ -z "${terminated:-}" ]; then\n'
         '    echo "$code" > slurmjob.ret\n'
@@ -323,17 +321,20 @@ FORWARDED = ["HUP", "INT", "QUIT", "ABRT", "USR1", "USR2", "ALRM", "URG", "XCPU"
 FORWARDED += ["VTALRM", "PROF", "WINCH"]
 
 
-def start_wrapper(name: str = "slurmjob.sh", stdin=subprocess.DEVNULL) -> subprocess.Popen:
+def start_wrapper(
+    name: str = "slurmjob.sh", stdin=subprocess.DEVNULL, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Run the wrapper of a script in the job folder with bash, from a file as slurmd does.
 
     On a cluster, slurmstepd starts the batch shell with SIGINT and SIGQUIT at their defaults;
     the shell that runs the tests may ignore them, and bash cannot trap an ignored signal.
+    The wrapper runs outside a SLURM job, as when the tests themselves run in one, unless
+    `env` (added to the environment) says otherwise.
     """
     wrapper = Path("wrapper.sh")
     wrapper.write_text(render_wrapper(read_job_script(name)))
     saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGQUIT)}
-    # Outside a SLURM job, as when the tests themselves run in one.
-    env = {key: value for key, value in os.environ.items() if key != "SLURM_JOB_ID"}
+    env = {key: value for key, value in os.environ.items() if key != "SLURM_JOB_ID"} | (env or {})
     try:
         return subprocess.Popen(
             ["bash", wrapper],
@@ -464,6 +465,28 @@ def test_wrapper_ended_by_slurm_keeps_no_exit_code(jobdir):
     stdout, stderr = wrapper.communicate(timeout=10)
     assert (wrapper.returncode, stdout, stderr) == (0, "got TERM\ndone\n", "")
     assert Path("slurmjob.ret").read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("state", "ret"), [("CANCELLED", ""), ("TIMEOUT", ""), ("RUNNING", "143\n")]
+)
+def test_wrapper_script_ended_by_slurm_before_the_wrapper(jobdir, tmp_path, state, ret):
+    """SLURM's SIGTERM ended the script before it reached the wrapper: no exit code, unless
+    SLURM still lists the job as RUNNING (then the script's 143 is its own).
+
+    SLURM signals the processes of a job one by one; here the script ends at its own SIGTERM
+    and the wrapper gets none. A fake `scontrol` gives the job's state: a real SLURM does not
+    hold a signal back on demand. Seen in CI: the step reported "exit code 143 (SLURM:
+    CANCELLED)" for a cancelled job.
+    """
+    write_script("#!/bin/bash\nkill -TERM $$\n")
+    bindir = Path(tmp_path) / "bin"
+    fake_command(bindir, "scontrol", f'echo "JobId=$3 JobName=x"\necho "   JobState={state} x"\n')
+    env = {"SLURM_JOB_ID": "999", "PATH": f"{bindir}:{os.environ['PATH']}"}
+    wrapper = start_wrapper(env=env)
+    stdout, stderr = wrapper.communicate(timeout=10)
+    assert (wrapper.returncode, stdout, stderr) == (143, "", "")
+    assert Path("slurmjob.ret").read_text() == ret
 
 
 def test_wrapper_keeps_exit_code_of_script_ending_at_a_signal(jobdir):
