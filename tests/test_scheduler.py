@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
-from conftest import lock_free, scontrol_state, wait_for
+from conftest import fake_command, lock_free, scontrol_state, wait_for
 from path import Path
 
 from stepup.queue.config import Config, ConfigError, QueryMethod
@@ -23,6 +23,7 @@ from stepup.queue.scheduler import (
     CLOCK_SLACK,
     CommandResult,
     StateCache,
+    UnreadableOutputError,
     cancel,
     find_by_token,
     format_cache,
@@ -32,6 +33,7 @@ from stepup.queue.scheduler import (
     parse_sacct,
     parse_scontrol,
     parse_squeue,
+    query_jobs,
     run_command,
     sacct_records,
     squeue_command,
@@ -107,16 +109,37 @@ def test_parse_squeue_skips_what_is_not_a_plain_job():
         "",
         "JOBID|STATE|COMMENT",
         "12_3|PENDING|(null)",
-        "12_[4-9]|PENDING|(null)",
-        "16|RUNNING",
+        "12_[4-9%2]|PENDING|(null)",
         "17|RUNNING|with|bars",
         "  18|COMPLETING|  ",
         "19|PENDING|",
-        "20+x|PENDING|",
     ]
     listing = parse_squeue("\n".join(lines) + "\n")
     assert listing.states == {17: "RUNNING", 18: "COMPLETING", 19: "PENDING"}
     assert listing.comments == {17: "with|bars"}
+
+
+GARBLED = ["16|RUNNING", "20+x|PENDING|", "squeue: warning: x", "1|", "|PENDING|", "x1|RUNNING|"]
+
+
+@pytest.mark.parametrize("line", GARBLED)
+def test_parse_squeue_garbled_line(line):
+    """A line that cannot be read may hide a job: the whole answer is unreadable."""
+    with pytest.raises(UnreadableOutputError, match="cannot read"):
+        parse_squeue(f"5|RUNNING|tok\n{line}\n")
+
+
+@pytest.mark.parametrize("line", ["20+x|PENDING|", "squeue: warning: x", "|PENDING|", "16"])
+def test_parse_sacct_garbled_line(line):
+    with pytest.raises(UnreadableOutputError, match="cannot read"):
+        parse_sacct(f"5|RUNNING|2026-11-26T10:00:00||/x\n{line}\n")
+
+
+def test_parse_scontrol_garbled():
+    with pytest.raises(UnreadableOutputError, match="cannot read"):
+        parse_scontrol("slurm_load_jobs error: x\nJobId=5 JobName=a\n   JobState=RUNNING\n")
+    with pytest.raises(UnreadableOutputError, match="cannot read"):
+        parse_scontrol("JobId=5 JobName=a\n   Jobstate=RUNNING\n")
 
 
 def test_parse_squeue_heterogeneous_job():
@@ -632,6 +655,45 @@ def test_state_cache_sees_a_real_job(slurm, tmp_path):
     while sacct_state(job_id) != "CANCELLED" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert sacct_state(job_id) == "CANCELLED"
+
+
+def test_garbled_squeue_answer_is_not_sure(slurm, tmp_path, monkeypatch):
+    """An squeue answer with a line that cannot be read proves nothing, not even "no job".
+
+    A fake `squeue` runs the real one and garbles its lines (each `|` becomes a space):
+    a real squeue does not print garbage on demand.
+    """
+    token = "stepup-queue-" + os.urandom(8).hex()
+    result = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--hold",
+            f"--comment={token}",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "true",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job_id = int(result.stdout)
+    bindir = Path(tmp_path) / "bin"
+    fake_command(bindir, "squeue", 'out=$(/usr/bin/squeue "$@") || exit\necho "${out//|/ }"\n')
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    try:
+        config = Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=60)
+        snapshot = StateCache(config, None).snapshot()
+        assert not snapshot.ok
+        assert "StepUp Queue cannot read" in snapshot.error
+        assert find_by_token(token, None, datetime.now(), config) == (False, None)
+        assert query_jobs([job_id], None, 20) is None
+    finally:
+        subprocess.run(["scancel", str(job_id)], check=True)
 
 
 def test_find_by_token_after_purge_without_comments(slurm, tmp_path, monkeypatch):

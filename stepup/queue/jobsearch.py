@@ -20,6 +20,7 @@ from .config import Config, ConfigError
 from .joblog import FINAL_STATES, LOG_NAME, JobLog, JobLogError, find_logs, read_log
 from .scheduler import (
     HISTORY_FIELDS,
+    UnreadableOutputError,
     parse_squeue,
     run_command,
     sacct_records,
@@ -284,10 +285,15 @@ def ask_slurm(jobs: list[FoundJob], timeout: float, history: bool = False) -> di
         by_cluster.setdefault(job.cluster, []).append(job)
     for cluster, cluster_jobs in by_cluster.items():
         result = run_command(squeue_command(cluster), timeout=timeout)
-        if result.returncode != 0:
-            unreachable[cluster] = result.describe()
+        failure = result.describe() if result.returncode != 0 else None
+        if failure is None:
+            try:
+                listing = parse_squeue(result.stdout)
+            except UnreadableOutputError as exc:
+                failure = str(exc)
+        if failure is not None:
+            unreachable[cluster] = failure
             continue
-        listing = parse_squeue(result.stdout)
         by_token = {comment: job_id for job_id, comment in listing.comments.items()}
         for job in cluster_jobs:
             job.asked = True

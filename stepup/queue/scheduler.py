@@ -37,6 +37,7 @@ __all__ = (
     "Listing",
     "Snapshot",
     "StateCache",
+    "UnreadableOutputError",
     "cancel",
     "find_by_token",
     "format_cache",
@@ -332,6 +333,31 @@ class Snapshot:
         return self.listing.comments
 
 
+class UnreadableOutputError(ValueError):
+    """SLURM printed a line that StepUp Queue cannot read: the answer is no proof of anything."""
+
+    def __init__(self, line: str):
+        super().__init__(f"SLURM printed a line that StepUp Queue cannot read: {line!r}")
+
+
+def _job_id(line: str, field: str) -> int | None:
+    """The job of a line of squeue or sacct, from its job id field.
+
+    The components `ID+N` of a heterogeneous job count as job `ID`. Array tasks (`ID_N`,
+    `ID_[N-M]`), no job of StepUp Queue, job steps (`ID.batch`) and a header line give `None`.
+    Anything else raises UnreadableOutputError.
+    """
+    if field in ("JOBID", "JobIDRaw"):
+        return None
+    match = _RE_JOB_ID.fullmatch(field)
+    if match is None:
+        raise UnreadableOutputError(line)
+    return None if match.group(2) else int(match.group(1))
+
+
+_RE_JOB_ID = re.compile(r"([0-9]+)(?:\+[0-9]+)?((?:_[0-9\[]|\.)[^|]*)?")
+
+
 def parse_squeue(text: str) -> Listing:
     """Parse `squeue -h -o '%i|%T|%k|%r|%Z'` output (a `CLUSTER:` line from -M is skipped).
 
@@ -340,9 +366,16 @@ def parse_squeue(text: str) -> Listing:
     StepUp Queue 1.1.0) give no reason or work directory. The components `ID+N` of a
     heterogeneous job count as job `ID`, which has not ended while one of them has not. Array
     tasks are skipped.
+
+    Raises
+    ------
+    UnreadableOutputError
+        For any other line: a job it hides must not be taken for a job that ended.
     """
     listing = Listing.empty()
     for line in map(str.strip, text.splitlines()):
+        if line == "" or line.startswith("CLUSTER: "):
+            continue
         match = _RE_SQUEUE_LINE.fullmatch(line)
         if match is not None:
             job, state, comment, reason, workdir = match.groups()
@@ -350,12 +383,11 @@ def parse_squeue(text: str) -> Listing:
             job, _, rest = line.partition("|")
             state, bar, comment = rest.partition("|")
             reason = workdir = ""
-            if bar == "":
-                continue
-        leader, plus, component = job.partition("+")
-        if not leader.isdigit() or not (plus == "" or component.isdigit()):
+            if bar == "" or state == "":
+                raise UnreadableOutputError(line)
+        job_id = _job_id(line, job)
+        if job_id is None:
             continue
-        job_id = int(leader)
         if listing.states.get(job_id) not in _SQUEUE_ACTIVE:
             listing.states[job_id] = state
             if reason not in ("", "None"):
@@ -401,13 +433,25 @@ _RE_SCONTROL_FIELDS = {
 
 
 def parse_scontrol(text: str) -> Listing:
-    """Parse `scontrol show job` output, in the multi-line or the one-line (-o) format."""
+    """Parse `scontrol show job` output, in the multi-line or the one-line (-o) format.
+
+    Raises
+    ------
+    UnreadableOutputError
+        When the text before the first job is not empty or `No jobs in the system`, or when
+        a job has no state.
+    """
     listing = Listing.empty()
     matches = list(_RE_SCONTROL_JOB.finditer(text))
+    head = text[: matches[0].start()] if matches else text
+    if head.strip() not in ("", "No jobs in the system"):
+        raise UnreadableOutputError(head.strip().splitlines()[0])
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         block = text[match.start() : end]
         job_id = int(match.group(1))
+        if _RE_SCONTROL_FIELDS["states"].search(block) is None:
+            raise UnreadableOutputError(block.splitlines()[0])
         for name, pattern in _RE_SCONTROL_FIELDS.items():
             found = pattern.search(block)
             if found is not None and found.group(1) != "None":
@@ -420,23 +464,34 @@ def parse_sacct(text: str, fields: tuple[str, ...] = SACCT_FIELDS) -> dict[int, 
 
     The last field takes the rest of the line, so it may contain `|`. Fields missing at the
     end of a line are empty. A state like `CANCELLED by 0` becomes `CANCELLED`, an empty one
-    `UNKNOWN`. Lines of job steps or array tasks, and headers, are skipped.
+    `UNKNOWN`. Also reads squeue's output in the same fields, where the job id field is
+    squeue's `%i` (see `parse_squeue`: array tasks are skipped).
 
     Returns
     -------
     jobs
         Job id → {field name: value} for the fields after `JobIDRaw`.
+
+    Raises
+    ------
+    UnreadableOutputError
+        For a line that holds no job id and a field after it.
     """
     jobs = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|", len(fields) - 1)
-        if len(parts) < 2 or not parts[0].isdigit():
+    for line in map(str.strip, text.splitlines()):
+        if line == "":
+            continue
+        parts = line.split("|", len(fields) - 1)
+        if len(parts) < 2:
+            raise UnreadableOutputError(line)
+        job_id = _job_id(line, parts[0])
+        if job_id is None:
             continue
         parts += [""] * (len(fields) - len(parts))
         record = dict(zip(fields[1:], parts[1:], strict=True))
         if "State" in record:
             record["State"] = record["State"].split()[0] if record["State"].strip() else "UNKNOWN"
-        jobs[int(parts[0])] = record
+        jobs[job_id] = record
     return jobs
 
 
@@ -586,9 +641,13 @@ class StateCache:
                     print(f"{lock} stayed locked for {timeout:g} s: asking SLURM without the lock")
                 cached = self._fresh() or self._query()
         stamp, returncode, output = cached
+        if returncode != 0:
+            return Snapshot(stamp, returncode, error=output)
         parse = parse_scontrol if self.config.query is QueryMethod.SCONTROL else parse_squeue
-        error = "" if returncode == 0 else output
-        return Snapshot(stamp, returncode, parse(output), error)
+        try:
+            return Snapshot(stamp, returncode, parse(output))
+        except UnreadableOutputError as exc:
+            return Snapshot(stamp, 1, error=str(exc))
 
     @contextmanager
     def submit_turn(self) -> Iterator[None]:
@@ -664,7 +723,10 @@ def query_jobs(job_ids: Iterable[int], cluster: str | None, timeout: float) -> L
     # squeue fails for ids it no longer knows at all, which is an answer as well.
     if result.returncode != 0 and "invalid job id" not in result.stderr.lower():
         return None
-    return parse_squeue(result.stdout)
+    try:
+        return parse_squeue(result.stdout)
+    except UnreadableOutputError:
+        return None
 
 
 # User before WorkDir, the field that takes the rest of the line.
@@ -705,7 +767,10 @@ def sacct_records(
     result = run_command([*args, "-o", ",".join(fields)], timeout=timeout)
     if result.returncode != 0:
         return None
-    return parse_sacct(result.stdout, fields)
+    try:
+        return parse_sacct(result.stdout, fields)
+    except UnreadableOutputError:
+        return None
 
 
 def stranger(
@@ -782,7 +847,10 @@ def find_by_token(
     squeue = run_command(args, timeout=config.command_timeout)
     if squeue.returncode != 0:
         return False, None
-    listed = parse_sacct(squeue.stdout)
+    try:
+        listed = parse_sacct(squeue.stdout)
+    except UnreadableOutputError:
+        return False, None
     for job_id, record in listed.items():
         if token is not None and record["Comment"] == token:
             return True, job_id
@@ -798,7 +866,10 @@ def find_by_token(
         # slurmdbd down: ask again later.
         return False, None
     # No accounting at all: squeue's list has to do.
-    records = parse_sacct(sacct.stdout) if sacct.returncode == 0 else {}
+    try:
+        records = parse_sacct(sacct.stdout) if sacct.returncode == 0 else {}
+    except UnreadableOutputError:
+        return False, None
     unlisted = {job_id: record for job_id, record in records.items() if job_id not in listed}
     candidates = found + match_submission(unlisted, token, os.getcwd(), since)
     if len(candidates) > 1:
