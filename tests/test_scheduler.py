@@ -618,7 +618,8 @@ def test_state_cache_recovers_from_bad_cache_file(slurm, tmp_path, logged_squeue
     assert logged_squeue.read_text().count("\n") == 1
 
 
-def test_state_cache_sees_a_real_job(slurm, tmp_path):
+def submit_held_job(folder: Path) -> tuple[str, int]:
+    """Submit a held job tagged with a new token from `folder`; return the token and job id."""
     token = "stepup-queue-" + os.urandom(8).hex()
     result = subprocess.run(
         [
@@ -631,12 +632,16 @@ def test_state_cache_sees_a_real_job(slurm, tmp_path):
             "--wrap",
             "true",
         ],
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
         check=True,
     )
-    job_id = int(result.stdout)
+    return token, int(result.stdout)
+
+
+def test_state_cache_sees_a_real_job(slurm, tmp_path):
+    token, job_id = submit_held_job(tmp_path)
     try:
         config = Config(cache_dir=Path(tmp_path) / "cache", cache_timeout=60)
         snapshot = StateCache(config, None).snapshot()
@@ -663,24 +668,7 @@ def test_garbled_squeue_answer_is_not_sure(slurm, tmp_path, monkeypatch):
     A fake `squeue` runs the real one and garbles its lines (each `|` becomes a space):
     a real squeue does not print garbage on demand.
     """
-    token = "stepup-queue-" + os.urandom(8).hex()
-    result = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "--hold",
-            f"--comment={token}",
-            "-o",
-            "/dev/null",
-            "--wrap",
-            "true",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    job_id = int(result.stdout)
+    token, job_id = submit_held_job(tmp_path)
     bindir = Path(tmp_path) / "bin"
     fake_command(bindir, "squeue", 'out=$(/usr/bin/squeue "$@") || exit\necho "${out//|/ }"\n')
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
