@@ -188,6 +188,15 @@ def test_parse_scontrol_other_fields_are_not_taken_for_comment_or_state():
     assert listing.reasons == {22: "JobHeldUser"}
 
 
+def test_parse_scontrol_leaves_out_other_users():
+    me = os.getuid()
+    text = (
+        f"JobId=21 UserId=me({me}) GroupId=g(1) JobState=RUNNING\n"
+        f"JobId=22 UserId=other({me + 1}) GroupId=g(1) JobState=PENDING\n"
+    )
+    assert parse_scontrol(text).states == {21: "RUNNING"}
+
+
 @pytest.mark.parametrize("text", ["", "No jobs in the system\n"])
 def test_parse_scontrol_no_jobs(text):
     # What `scontrol show job` prints (exit code 0) when slurmctld has no jobs in memory.
@@ -660,6 +669,34 @@ def test_state_cache_sees_a_real_job(slurm, tmp_path):
     while sacct_state(job_id) != "CANCELLED" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert sacct_state(job_id) == "CANCELLED"
+
+
+def test_scontrol_query_lists_own_jobs_only(slurm, tmp_path):
+    """With STEPUP_SBATCH_QUERY=scontrol, another user's job is not among the user's jobs.
+
+    `scontrol show job` lists the jobs of all users; they must not count against the user's
+    submit limit.
+    """
+    folder = Path(tmp_path) / "nobody"
+    folder.makedirs_p()
+    folder.chmod(0o777)
+    result = subprocess.run(
+        ["su", "-s", "/bin/sh", "nobody", "-c", "sbatch --parsable --hold --wrap true"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    other = int(result.stdout)
+    _, mine = submit_held_job(tmp_path)
+    try:
+        config = Config(cache_dir=Path(tmp_path) / "cache", query=QueryMethod.SCONTROL)
+        snapshot = StateCache(config, None).snapshot()
+        assert snapshot.states[mine] == "PENDING"
+        assert other not in snapshot.states
+        assert scontrol_state(other) == "PENDING"
+    finally:
+        subprocess.run(["scancel", str(mine), str(other)], check=True)
 
 
 def test_garbled_squeue_answer_is_not_sure(slurm, tmp_path, monkeypatch):

@@ -424,6 +424,7 @@ _SQUEUE_ACTIVE = frozenset(
 
 
 _RE_SCONTROL_JOB = re.compile(r"^JobId=([0-9]+)\s", re.MULTILINE)
+_RE_SCONTROL_UID = re.compile(r"\bUserId=\S*?\(([0-9]+)\)")
 _RE_SCONTROL_FIELDS = {
     "states": re.compile(r"\bJobState=([A-Z_]+)"),
     "comments": re.compile(r"\bComment=(\S+)"),
@@ -434,6 +435,9 @@ _RE_SCONTROL_FIELDS = {
 
 def parse_scontrol(text: str) -> Listing:
     """Parse `scontrol show job` output, in the multi-line or the one-line (-o) format.
+
+    The jobs of other users (`UserId`) are left out, as `squeue --me` leaves them out: they
+    must not count against the user's submit limit.
 
     Raises
     ------
@@ -452,6 +456,9 @@ def parse_scontrol(text: str) -> Listing:
         job_id = int(match.group(1))
         if _RE_SCONTROL_FIELDS["states"].search(block) is None:
             raise UnreadableOutputError(block.splitlines()[0])
+        user = _RE_SCONTROL_UID.search(block)
+        if user is not None and int(user.group(1)) != os.getuid():
+            continue
         for name, pattern in _RE_SCONTROL_FIELDS.items():
             found = pattern.search(block)
             if found is not None and found.group(1) != "None":
