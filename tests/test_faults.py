@@ -68,16 +68,28 @@ def test_exactly_once_when_killed_during_submission(workflow: Workflow, tmp_path
     assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
 
 
-def test_interrupted_submission_to_a_cluster_named_in_the_environment(workflow: Workflow, tmp_path):
+@pytest.mark.parametrize("where", ["environment", "rc"])
+def test_interrupted_submission_to_a_cluster_named_in_the_environment(
+    workflow: Workflow, tmp_path, where
+):
     """With SBATCH_CLUSTERS set, the job found after a kill is logged with that cluster.
 
     sbatch takes the cluster from the environment over the script's -M: the job is looked up
     there and logged as `ID;CLUSTER`, as sbatch prints it for a submission that was not cut
-    off. A fake `sbatch` kills the worker right after the real sbatch ran.
+    off. The variable is set in the workflow's environment, or by rc (as `module swap
+    cluster/NAME` does on some sites). A fake `sbatch` kills the worker right after the real
+    sbatch ran.
     """
-    workflow.plan(SIMPLE_PLAN)
-    workflow.job("job", "#!/usr/bin/env bash\necho once\n")
     env = {"SBATCH_CLUSTERS": "localcluster"}
+    if where == "rc":
+        workflow.plan("""
+            static("job/", "job/slurmjob.sh")
+            sbatch("job/", rc="export SBATCH_CLUSTERS=localcluster; echo noise")
+        """)
+        env = {}
+    else:
+        workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho once\n")
     kill_during_submission(workflow, Path(tmp_path) / "bin", "after_sbatch", env)
     result = workflow.boot(env=env)
     assert result.returncode == 0, result.stdout

@@ -25,6 +25,7 @@ from stepup.queue.scheduler import (
     StateCache,
     UnreadableOutputError,
     cancel,
+    environment_after_rc,
     find_by_token,
     format_cache,
     is_transient,
@@ -426,6 +427,16 @@ def test_run_command_not_found():
     assert not is_transient(result)
     result = run_command("no-such-command-stepup-queue -x", timeout=10)
     assert result.returncode == 127
+
+
+def test_environment_after_rc(tmp_path, monkeypatch):
+    """What rc exports, with rc's output and folder changes left out; `None` when rc fails."""
+    monkeypatch.chdir(tmp_path)
+    rc = "echo noise; cd /; export SLURM_CLUSTERS=x\nexport MULTI='a\nb=c'"
+    env = environment_after_rc(rc, 10, {"PATH": os.environ["PATH"], "KEEP": "1"})
+    assert (env["SLURM_CLUSTERS"], env["MULTI"], env["KEEP"]) == ("x", "a\nb=c", "1")
+    assert env["PWD"] == str(tmp_path)
+    assert environment_after_rc("false", 10, dict(os.environ)) is None
 
 
 # Commands, with fake SLURM clients that record how they were called

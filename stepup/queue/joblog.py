@@ -123,6 +123,12 @@ class JobLog:
         """True when the log records a final state."""
         return self.last_state in FINAL_STATES
 
+    @property
+    def interrupted(self) -> bool:
+        """True when a submission began (`Submitting`) but no job id was logged: it may or may
+        not have reached SLURM."""
+        return self.job_id is None and self.submitting_time is not None
+
 
 def parse_submitted(text: str) -> tuple[int, str | None]:
     """Parse what `sbatch --parsable` printed: `ID` or `ID;CLUSTER`.

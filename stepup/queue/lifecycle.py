@@ -29,6 +29,7 @@ from .scheduler import (
     Snapshot,
     StateCache,
     cancel,
+    environment_after_rc,
     find_by_token,
     is_transient,
     query_jobs,
@@ -82,11 +83,16 @@ def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str
             "STEPUP_STEP_INP_DIGEST is not set: an sbatch step must run as a StepUp step "
             "(stepup >= 3.1.4), made by stepup.queue.api.sbatch() in plan.py."
         )
-    script = read_job_script(f"slurmjob{ext}", env)
-    StateCache(config, None).check_writable()
     # Absolute paths, so that every message names the file in full.
     log_path = Path.cwd() / LOG_NAME
     joblog = read_log(log_path) if log_path.exists() else None
+    sbatch_env = env
+    if rc is not None and joblog is not None and joblog.interrupted:
+        # The interrupted submission went where rc sent sbatch (e.g. `module swap cluster/NAME`
+        # sets SLURM_CLUSTERS): its job is looked for there.
+        sbatch_env = environment_after_rc(rc, config.command_timeout, env) or env
+    script = read_job_script(f"slurmjob{ext}", sbatch_env)
+    StateCache(config, None).check_writable()
     # A job of the old inputs that was cancelled just now, which SLURM may still list.
     replaced = None
     if joblog is not None and joblog.digest != digest:
@@ -162,7 +168,7 @@ def _inputs_changed(
         cancelled, if any.
     """
     job_id, cluster = joblog.job_id, joblog.cluster
-    if job_id is None and joblog.submitting_time is not None:
+    if joblog.interrupted:
         # A submission with the old inputs that was interrupted or refused: did it reach SLURM?
         certain, job_id = find_by_token(
             joblog.token, script.clusters, joblog.submitting_time, config

@@ -39,6 +39,7 @@ __all__ = (
     "StateCache",
     "UnreadableOutputError",
     "cancel",
+    "environment_after_rc",
     "find_by_token",
     "format_cache",
     "is_transient",
@@ -234,11 +235,38 @@ def submit(
     args.append(f"--comment={token}")
     if rc is None:
         return run_command(args, stdin=wrapper, timeout=timeout, env=env)
+    return run_command(_after_rc(rc, shlex.join(args)), stdin=wrapper, timeout=timeout, env=env)
+
+
+def _after_rc(rc: str, command: str, rc_output: str = "") -> str:
+    """A bash command line that runs `command` in the job folder after rc.
+
+    `rc_output` redirects the output of rc, e.g. `> /dev/null`.
+    """
     # The braces keep every command of rc away from the wrapper on stdin, not just the last.
     # The job runs, and writes its files, where sbatch runs: back to the job folder after rc.
     folder = shlex.quote(os.getcwd())
-    command = f"{{ {rc}\n}} < /dev/null && cd -- {folder} && {shlex.join(args)}"
-    return run_command(command, stdin=wrapper, timeout=timeout, env=env)
+    return f"{{ {rc}\n}} < /dev/null {rc_output}&& cd -- {folder} && {command}"
+
+
+def environment_after_rc(rc: str, timeout: float, env: dict[str, str]) -> dict[str, str] | None:
+    """The environment in which sbatch runs after rc, e.g. with the `SLURM_CLUSTERS` that a
+    `module swap cluster/NAME` sets; `None` when rc fails.
+
+    Parameters
+    ----------
+    rc
+        The bash command that runs before sbatch.
+    timeout
+        Seconds after which rc is killed.
+    env
+        The environment of rc.
+    """
+    command = _after_rc(rc, "env -0", "> /dev/null ")
+    result = run_command(command, timeout=timeout, env=env)
+    if result.returncode != 0:
+        return None
+    return dict(item.split("=", 1) for item in result.stdout.split("\0") if "=" in item)
 
 
 def _cluster_args(cluster: str | None) -> list[str]:
