@@ -22,15 +22,17 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from path import Path
 
 from .config import Config, ConfigError, QueryMethod
+
+_Parsed = TypeVar("_Parsed")
 
 __all__ = (
     "CommandResult",
@@ -384,6 +386,14 @@ def _job_id(line: str, field: str) -> int | None:
 
 
 _RE_JOB_ID = re.compile(r"([0-9]+)(?:\+[0-9]+)?((?:_[0-9\[]|\.)[^|]*)?")
+
+
+def _readable(parse: Callable[..., _Parsed], text: str, *args) -> _Parsed | None:
+    """`parse(text, *args)`; `None` when SLURM printed a line that cannot be read."""
+    try:
+        return parse(text, *args)
+    except UnreadableOutputError:
+        return None
 
 
 def parse_squeue(text: str) -> Listing:
@@ -758,10 +768,7 @@ def query_jobs(job_ids: Iterable[int], cluster: str | None, timeout: float) -> L
     # squeue fails for ids it no longer knows at all, which is an answer as well.
     if result.returncode != 0 and "invalid job id" not in result.stderr.lower():
         return None
-    try:
-        return parse_squeue(result.stdout)
-    except UnreadableOutputError:
-        return None
+    return _readable(parse_squeue, result.stdout)
 
 
 # User before WorkDir, the field that takes the rest of the line.
@@ -802,10 +809,7 @@ def sacct_records(
     result = run_command([*args, "-o", ",".join(fields)], timeout=timeout)
     if result.returncode != 0:
         return None
-    try:
-        return parse_sacct(result.stdout, fields)
-    except UnreadableOutputError:
-        return None
+    return _readable(parse_sacct, result.stdout, fields)
 
 
 def stranger(
@@ -882,9 +886,8 @@ def find_by_token(
     squeue = run_command(args, timeout=config.command_timeout)
     if squeue.returncode != 0:
         return False, None
-    try:
-        listed = parse_sacct(squeue.stdout)
-    except UnreadableOutputError:
+    listed = _readable(parse_sacct, squeue.stdout)
+    if listed is None:
         return False, None
     for job_id, record in listed.items():
         if token is not None and record["Comment"] == token:
@@ -901,9 +904,8 @@ def find_by_token(
         # slurmdbd down: ask again later.
         return False, None
     # No accounting at all: squeue's list has to do.
-    try:
-        records = parse_sacct(sacct.stdout) if sacct.returncode == 0 else {}
-    except UnreadableOutputError:
+    records = _readable(parse_sacct, sacct.stdout) if sacct.returncode == 0 else {}
+    if records is None:
         return False, None
     unlisted = {job_id: record for job_id, record in records.items() if job_id not in listed}
     candidates = found + match_submission(unlisted, token, os.getcwd(), since)
