@@ -6,6 +6,7 @@ Fake commands on PATH appear only where SLURM cannot produce the fault on demand
 test says so in its docstring.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -322,11 +323,19 @@ def assert_ended_in(workflow: Workflow, result: subprocess.CompletedProcess, sta
     assert record["State"] == state
 
 
-def test_timeout(workflow: Workflow):
-    """A job that exceeds its time limit: the step fails and names TIMEOUT."""
+def test_timeout(workflow: Workflow, jobtools):
+    """A job that exceeds its time limit: the step fails and names TIMEOUT, as `stepup jobs`
+    does."""
     workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --time=0:05\nsleep 600\n")
     assert_ended_in(workflow, workflow.boot(), "TIMEOUT")
+    result = jobtools.run("jobs", "--json")
+    assert result.returncode == 0, result.stderr
+    (job,) = json.loads(result.stdout)["jobs"]
+    assert (job["folder"], job["state"], job["exit_code"]) == ("job", "TIMEOUT", None)
+    # SLURM's time limits are whole minutes.
+    assert job["ran_seconds"] >= 60
+    assert "TIMEOUT" in jobtools.run("jobs").stdout
 
 
 def test_cache_folder_not_usable(workflow: Workflow):
