@@ -3,7 +3,14 @@
 import subprocess
 
 import pytest
-from conftest import OK_AND_BAD_PLAN, JobTools, scontrol_state, unreachable_squeue, wait_for
+from conftest import (
+    OK_AND_BAD_PLAN,
+    JobTools,
+    scontrol_state,
+    submit_as_nobody,
+    unreachable_squeue,
+    wait_for,
+)
 from path import Path
 from test_canceljobs import snapshot, table
 from test_jobsearch import write_log
@@ -202,17 +209,9 @@ def test_unconfirmed_and_strange_jobs_are_kept(jobtools: JobTools, tmp_path):
     reused_folder = wf.root / "reused"
     write_log(reused_folder, f"Submitted {ended}")
     nobody = wf.root / "nobody"
-    nobody.makedirs_p()
-    nobody.chmod(0o777)
     Path(tmp_path).chmod(0o755)
     wf.root.chmod(0o755)
-    other = subprocess.run(
-        ["su", "-s", "/bin/sh", "nobody", "-c", "sbatch --parsable --hold --wrap 'sleep 300'"],
-        cwd=nobody,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    other = submit_as_nobody(nobody)
     try:
         write_log(nobody, f"Submitted {other}")
         wait_for(lambda: scontrol_state(ended) is None, 180, "SLURM to forget the ended job")
@@ -237,14 +236,14 @@ def test_unconfirmed_and_strange_jobs_are_kept(jobtools: JobTools, tmp_path):
         result = jobtools.run("canceljobs", "nobody")
         assert result.returncode == 0, result.stderr
         assert "jobofusernobody:nottouched" in "".join(result.stdout.split())
-        assert scontrol_state(int(other)) == "PENDING"
+        assert scontrol_state(other) == "PENDING"
     finally:
-        subprocess.run(["scancel", other], check=False)
+        subprocess.run(["scancel", str(other)], check=False)
 
 
-def sacct_user(job_id: str) -> str:
+def sacct_user(job_id: int) -> str:
     result = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-a", "-j", job_id, "-o", "User"],
+        ["sacct", "-X", "-n", "-P", "-a", "-j", str(job_id), "-o", "User"],
         capture_output=True,
         text=True,
     )

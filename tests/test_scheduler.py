@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
-from conftest import fake_command, lock_free, scontrol_state, wait_for
+from conftest import fake_command, lock_free, scontrol_state, submit_as_nobody, wait_for
 from path import Path
 
 from stepup.queue.config import Config, ConfigError, QueryMethod
@@ -688,17 +688,7 @@ def test_scontrol_query_lists_own_jobs_only(slurm, tmp_path):
     `scontrol show job` lists the jobs of all users; they must not count against the user's
     submit limit.
     """
-    folder = Path(tmp_path) / "nobody"
-    folder.makedirs_p()
-    folder.chmod(0o777)
-    result = subprocess.run(
-        ["su", "-s", "/bin/sh", "nobody", "-c", "sbatch --parsable --hold --wrap true"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    other = int(result.stdout)
+    other = submit_as_nobody(Path(tmp_path) / "nobody", "true")
     _, mine = submit_held_job(tmp_path)
     try:
         config = Config(cache_dir=Path(tmp_path) / "cache", query=QueryMethod.SCONTROL)
