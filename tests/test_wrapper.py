@@ -800,15 +800,22 @@ def run_again(job_id: int, command: str):
     subprocess.run(["scontrol", command, f"JobId={job_id}", "StartTime=now"], check=True)
 
 
-def test_requeued_job_reports_last_run(workflow: Workflow):
-    """`scontrol requeue` of a running job: the step waits for the next run and its code."""
+def start_first_run(workflow: Workflow, first: str) -> tuple[subprocess.Popen, Path, int]:
+    """Start a workflow whose job runs `first` in its first run; return the workflow's
+    process, the job folder and the job id once the first run started."""
     workflow.plan(SIMPLE_PLAN)
-    workflow.job("job", REQUEUE_SCRIPT % "sleep 300")
+    workflow.job("job", REQUEUE_SCRIPT % first)
     proc = workflow.popen()
     job = workflow.root / "job"
     out = job / "slurmjob.out"
     wait_for(lambda: out.exists() and "run 0" in out.read_text(), 60, "the first run")
-    job_id = read_log(job / "slurmjob.log").job_id
+    return proc, job, read_log(job / "slurmjob.log").job_id
+
+
+def test_requeued_job_reports_last_run(workflow: Workflow):
+    """`scontrol requeue` of a running job: the step waits for the next run and its code."""
+    proc, job, job_id = start_first_run(workflow, "sleep 300")
+    out = job / "slurmjob.out"
     subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
     run_again(job_id, "update")
     output, _ = proc.communicate(timeout=120)
@@ -842,13 +849,7 @@ def test_requeue_exit_code_is_not_final(workflow: Workflow, requeue_exit: str):
     The step reports the exit code of the run after it, not 42. This test changes slurm.conf
     for a moment, so it runs alone.
     """
-    workflow.plan(SIMPLE_PLAN)
-    workflow.job("job", REQUEUE_SCRIPT % "exit 42")
-    proc = workflow.popen()
-    job = workflow.root / "job"
-    out = job / "slurmjob.out"
-    wait_for(lambda: out.exists() and "run 0" in out.read_text(), 60, "the first run")
-    job_id = read_log(job / "slurmjob.log").job_id
+    proc, job, job_id = start_first_run(workflow, "exit 42")
     if requeue_exit == "RequeueExit":
         run_again(job_id, "update")
     else:
