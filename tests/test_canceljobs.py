@@ -4,7 +4,7 @@ import re
 import subprocess
 from itertools import pairwise
 
-from conftest import JobTools, sacct, scontrol_state, wait_for
+from conftest import JobTools, sacct, scontrol_state, unreachable_squeue, wait_for
 from path import Path
 
 from stepup.queue.joblog import append_record, read_log, start_log
@@ -151,7 +151,11 @@ def test_cancel_workflow_then_boot_reports_cancelled(jobtools: JobTools):
     assert [read_log(path).job_id for path in logs] == [pending, running]
 
 
-def test_finished_jobs_left_alone_without_all(jobtools: JobTools):
+def test_live_jobs_cancelled_whatever_their_logs_say(jobtools: JobTools):
+    """SLURM's live state wins over the files (issue 15.12): a job that SLURM still lists as
+    pending in its own folder is cancelled although its log records an end (a requeued job)
+    or slurmjob.ret holds an exit code (a job held after RequeueExitHold). A job that SLURM
+    finished is left alone."""
     wf = jobtools.workflow
     wf.plan("""
         static("done/", "done/slurmjob.sh")
@@ -161,7 +165,6 @@ def test_finished_jobs_left_alone_without_all(jobtools: JobTools):
     boot = wf.boot()
     assert boot.returncode == 0, boot.stdout
     done = read_log(wf.root / "done/slurmjob.log").job_id
-    # Logs that say the job ended while SLURM still lists it (a stale log, a reused id).
     logged_end = jobtools.submit("logged_end", records=("RUNNING", "COMPLETED"))
     exit_code = jobtools.submit("exit_code", records=("RUNNING",), ret="0\n")
     jobtools.reset_calls()
@@ -175,19 +178,13 @@ def test_finished_jobs_left_alone_without_all(jobtools: JobTools):
         ("already COMPLETED in SLURM", "no longer listed by SLURM")
     )
     for job_id in logged_end, exit_code:
-        assert rows[str(job_id)]["ACTION"] == "skip"
+        assert rows[str(job_id)]["ACTION"] == "cancelled"
         assert rows[str(job_id)]["SLURM"] == "PENDING (JobHeldUser)"
-        assert rows[str(job_id)]["NOTE"] == "ended according to its log (--all cancels it anyway)"
-    assert "Summary: found 3 jobs, cancelled 0, skipped 3, errors 0. (0 scancel calls)" in (
+        assert rows[str(job_id)]["NOTE"] == "live in SLURM, although its log says it ended"
+    assert "Summary: found 3 jobs, cancelled 2, skipped 1, errors 0. (1 scancel call)" in (
         result.stdout
     )
-    assert jobtools.calls("scancel") == []
-    assert scontrol_state(logged_end) == scontrol_state(exit_code) == "PENDING"
-
-    result = jobtools.run("canceljobs", "--all")
-    assert result.returncode == 0, result.stderr
-    assert "cancelled 2, skipped 1" in result.stdout
-    # The job SLURM already finished is not passed to scancel, even with --all.
+    # The job SLURM already finished is not passed to scancel.
     assert jobtools.calls("scancel") == [" ".join(map(str, sorted([logged_end, exit_code])))]
     wait_for(lambda: scontrol_state(logged_end) == scontrol_state(exit_code) == "CANCELLED", 30)
 
@@ -338,3 +335,72 @@ def test_failed_scancel_exit_status(jobtools: JobTools):
     assert rows[0]["NOTE"] == "scancel failed"
     assert "Summary: found 2 jobs, cancelled 1, skipped 0, errors 1." in result.stdout
     wait_for(lambda: scontrol_state(good) == "CANCELLED", 30)
+
+
+def test_stale_log_never_cancels_a_job_of_another_folder(jobtools: JobTools):
+    """A stale log (ids restart after a reinstall of SLURM) names the id of a live job that
+    runs in another folder: that job is not cancelled (issue 15.2)."""
+    root = jobtools.workflow.root
+    (root / "elsewhere").makedirs_p()
+    stranger = subprocess.run(
+        ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 300"],
+        cwd=root / "elsewhere",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    jobtools.ids.append(int(stranger))
+    (root / "old").makedirs_p()
+    log = root / "old/slurmjob.log"
+    start_log(log, "0123456789abcdef")
+    log.write_text(
+        log.read_text() + f"2020-01-01T00:00:00.000000 Submitted {stranger}\n"
+        "2020-01-01T00:00:10.000000 RUNNING\n"
+    )
+    for args in ("canceljobs", "old/"), ("canceljobs", "--all", "old/"):
+        result = jobtools.run(*args)
+        assert result.returncode == 0, result.stderr
+        (row,) = table(result.stdout)
+        assert row["ACTION"] == "skip"
+        squeezed = row["NOTE"].replace(" ", "")
+        assert f"ranin{root / 'elsewhere'}:theidwasreused,nottouched" in squeezed
+    assert jobtools.calls("scancel") == []
+    assert scontrol_state(int(stranger)) in ("PENDING", "RUNNING")
+
+
+def test_live_job_without_log_is_found_and_cancelled(jobtools: JobTools):
+    """StepUp removes the log of a step that left the plan, also while its job runs: the job,
+    tagged by StepUp Queue, is still found below PATH and cancelled (issue 15.10). An untagged
+    job in the same tree is not StepUp Queue's and is left alone."""
+    root = jobtools.workflow.root
+    orphan = jobtools.submit("sweep/a", interrupted=True)
+    (root / "sweep/a/slurmjob.log").remove()
+    untagged = jobtools.submit("sweep/b")
+    (root / "sweep/b/slurmjob.log").remove()
+    outside = jobtools.submit("outside", interrupted=True)
+    (root / "outside/slurmjob.log").remove()
+    result = jobtools.run("canceljobs", "sweep")
+    assert result.returncode == 0, result.stderr
+    (row,) = table(result.stdout)
+    assert (row["ACTION"], row["JOB"], row["LOG"]) == ("cancelled", str(orphan), "no log")
+    assert row["FOLDER"] == "sweep/a"
+    assert row["NOTE"] == "its folder has no slurmjob.log (tagged by StepUp Queue)"
+    assert "Summary: found 1 jobs, cancelled 1" in result.stdout
+    wait_for(lambda: scontrol_state(orphan) == "CANCELLED", 30)
+    assert scontrol_state(untagged) == scontrol_state(outside) == "PENDING"
+
+
+def test_all_goes_by_the_log_only_when_slurm_cannot_be_asked(jobtools: JobTools):
+    """Without an answer from SLURM, a job whose log records an end is cancelled only with
+    --all."""
+    job_id = jobtools.submit("ended", records=("RUNNING", "COMPLETED"))
+    broken = unreachable_squeue(jobtools.workflow)
+    result = jobtools.run("canceljobs", env=broken)
+    (row,) = table(result.stdout)
+    assert (row["ACTION"], row["SLURM"]) == ("skip", "?")
+    assert row["NOTE"] == "ended according to its log (--all cancels it anyway)"
+    assert scontrol_state(job_id) == "PENDING"
+    result = jobtools.run("canceljobs", "--all", env=broken)
+    (row,) = table(result.stdout)
+    assert (row["ACTION"], row["NOTE"]) == ("cancelled", "SLURM not asked: going by the log")
+    wait_for(lambda: scontrol_state(job_id) == "CANCELLED", 30)

@@ -579,3 +579,70 @@ def test_reused_job_id_is_not_waited_for(workflow: Workflow):
     assert "the id was reused" in result.stdout
     assert scontrol_state(int(job_id)) in ("PENDING", "RUNNING")
     assert read_log(log).states == []
+
+
+# Identity of a logged job (issue 15.1 and 15.2).
+
+REQUEUE_AND_SUCCEED = """
+#!/usr/bin/env bash
+#SBATCH --requeue
+echo "run ${SLURM_RESTART_COUNT:-0}"
+if [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ]; then exit 0; fi
+sleep 300
+"""
+
+
+def test_requeued_job_is_waited_for_after_a_restart(workflow: Workflow):
+    """SLURM resets a job's submit time on requeue: that is no reused id (issue 15.1).
+
+    The workflow is killed while its job runs, the job is requeued and runs again; the
+    restarted workflow waits for it and succeeds with the exit code of its last run.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", REQUEUE_AND_SUCCEED)
+    proc = workflow.popen()
+    out = workflow.root / "job/slurmjob.out"
+    wait_for(lambda: out.exists() and "run 0" in out.read_text(), 60, "the first run")
+    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
+    workflow.kill(proc)
+    subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
+    # Requeued jobs wait two minutes before they are eligible again.
+    wait_for(lambda: scontrol_state(job_id) == "PENDING", 60, f"job {job_id} to be requeued")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    assert "the id was reused" not in result.stdout
+    assert f"Waiting for job {job_id}, submitted earlier" in result.stdout
+    assert out.read_text() == "run 1\n"
+    assert (workflow.root / "job/slurmjob.ret").read_text() == "0\n"
+    (record,) = workflow.final_jobs(1)
+    assert record["JobIDRaw"] == str(job_id)
+    assert record["State"] == "COMPLETED"
+
+
+def test_resubmit_never_cancels_a_job_of_another_folder(workflow: Workflow):
+    """A stale log names the id of a live job in another folder (ids are reused): when the
+    inputs changed, onchange=resubmit submits afresh and leaves that job alone (issue 15.2)."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho new\n")
+    other = workflow.root / "other"
+    other.makedirs_p()
+    stranger = subprocess.run(
+        ["sbatch", "--parsable", "--hold", "-o", "/dev/null", "--wrap", "sleep 300"],
+        cwd=other,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    log = workflow.root / "job/slurmjob.log"
+    log.write_text(
+        f"{FORMAT_LINE}\nOLDDIGEST\n2020-01-01T00:00:00.000000 Submitted {stranger}\n"
+        "2020-01-01T00:00:10.000000 RUNNING\n"
+    )
+    result = workflow.boot(env={"STEPUP_QUEUE_ONCHANGE": "resubmit"})
+    assert result.returncode == 0, result.stdout
+    assert f"SLURM's job {stranger} ran in {other}: the id was reused" in result.stdout
+    assert "so it is not cancelled" in result.stdout
+    assert scontrol_state(int(stranger)) == "PENDING"
+    assert read_log(log).job_id != int(stranger)
+    assert (workflow.root / "job/slurmjob.out").read_text() == "new\n"

@@ -1,5 +1,7 @@
 """`stepup removejobs`, run as a real subprocess on the real local SLURM."""
 
+import os
+import pwd
 import subprocess
 
 import pytest
@@ -15,7 +17,7 @@ from path import Path
 from test_canceljobs import snapshot, table
 from test_jobsearch import write_log
 
-from stepup.queue.joblog import read_log
+from stepup.queue.joblog import append_record, read_log, start_log
 
 JOB_FILES = {"slurmjob.log", "slurmjob.out", "slurmjob.err", "slurmjob.ret"}
 
@@ -248,3 +250,42 @@ def sacct_user(job_id: int) -> str:
         text=True,
     )
     return result.stdout.strip()
+
+
+def test_log_of_another_user_is_kept_unless_slurm_says_the_job_is_yours(jobtools: JobTools):
+    """A colleague's ended job in a shared folder (issue 15.9): sacct does not know the job
+    (PrivateData=jobs, slurmdbd down, or purged), the log says it failed. Its files are kept,
+    because the log belongs to another user; an own log in the same state is removed."""
+    root = jobtools.workflow.root
+    for folder in "mine", "theirs":
+        path = root / folder
+        path.makedirs_p()
+        start_log(path / "slurmjob.log", "0123456789abcdef")
+        # An id that sacct does not know.
+        append_record(path / "slurmjob.log", "Submitted 99999998")
+        append_record(path / "slurmjob.log", "FAILED")
+        (path / "slurmjob.ret").write_text("1\n")
+    nobody = pwd.getpwnam("nobody")
+    for path in (root / "theirs").walkfiles():
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    result = jobtools.run("removejobs", "--commit")
+    assert result.returncode == 0, result.stderr
+    rows = {row["FOLDER"]: row for row in table(result.stdout)}
+    assert rows["mine"]["ACTION"] == "removed"
+    assert rows["theirs"]["ACTION"] == "keep"
+    squeezed = rows["theirs"]["NOTE"].replace(" ", "")
+    assert squeezed == "logofusernobody,andSLURMdoesnotconfirmthejobisyours"
+    assert not (root / "mine/slurmjob.log").exists()
+    assert (root / "theirs/slurmjob.log").exists()
+    assert (root / "theirs/slurmjob.ret").read_text() == "1\n"
+
+
+def test_live_job_without_log_is_kept(jobtools: JobTools):
+    """A live job of StepUp Queue whose log StepUp removed is shown and kept (issue 15.10)."""
+    orphan = jobtools.submit("gone", interrupted=True)
+    (jobtools.workflow.root / "gone/slurmjob.log").remove()
+    result = jobtools.run("removejobs", "--all", "--commit")
+    assert result.returncode == 0, result.stderr
+    (row,) = table(result.stdout)
+    assert (row["ACTION"], row["JOB"], row["LOG"]) == ("keep", str(orphan), "no log")
+    assert row["NOTE"] == "still PENDING in SLURM"

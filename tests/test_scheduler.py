@@ -20,6 +20,7 @@ from path import Path
 
 from stepup.queue.config import Config, ConfigError, QueryMethod
 from stepup.queue.scheduler import (
+    ACCOUNT_FIELDS,
     CLOCK_SLACK,
     CommandResult,
     StateCache,
@@ -29,15 +30,18 @@ from stepup.queue.scheduler import (
     find_by_token,
     format_cache,
     is_transient,
+    last_run,
     match_submission,
     parse_cache,
     parse_sacct,
+    parse_sacct_runs,
     parse_scontrol,
     parse_squeue,
     query_jobs,
     run_command,
     sacct_records,
     squeue_command,
+    stranger,
     submit,
 )
 
@@ -1097,3 +1101,43 @@ def test_state_cache_fresh_answer_needs_no_lock(tmp_path, fakebin, lock_holder):
     assert cache.snapshot() == first
     assert time.monotonic() - start < 1
     assert calls.read_text() == "x\n"
+
+
+# The runs of a requeued job (sacct -D) and the identity of a logged job.
+
+RUNS = """\
+307|REQUEUED|2026-12-02T18:24:35|2026-12-02T18:24:38|root|/tmp/rq
+307|RUNNING|2026-12-02T18:24:38|Unknown|root|/tmp/rq
+12|COMPLETED|2020-05-01T10:00:00|2020-05-01T10:01:00|root|/tmp/rq
+12|PENDING|2026-12-02T18:00:00|Unknown|root|/tmp/rq
+"""
+
+
+def test_last_run_of_a_requeued_job_keeps_the_first_submit_time():
+    """Captured from `sacct -X -D` after `scontrol requeue` of a running job: each run has a
+    record, the requeue resets the submit time. Job 12 reuses the id of a job of 2020."""
+    runs = parse_sacct_runs(RUNS, ACCOUNT_FIELDS)
+    requeued = last_run(runs[307])
+    assert requeued["State"] == "RUNNING"
+    assert requeued["Submit"] == "2026-12-02T18:24:38"
+    assert requeued["FirstSubmit"] == "2026-12-02T18:24:35"
+    reused = last_run(runs[12])
+    assert reused["FirstSubmit"] == reused["Submit"] == "2026-12-02T18:00:00"
+    assert parse_sacct(RUNS, ACCOUNT_FIELDS)[307]["State"] == "RUNNING"
+
+
+def test_stranger():
+    folder = "/tmp/rq"
+    record = last_run(parse_sacct_runs(RUNS, ACCOUNT_FIELDS)[307])
+    logged = datetime(2026, 12, 2, 18, 24, 35, 500000)
+    # The requeue reset the submit time: the first submission counts.
+    assert stranger(307, record, folder, logged) is None
+    # Found after an interrupted submission: the Submitted record is written much later.
+    assert stranger(307, record, folder, logged + timedelta(hours=5)) is None
+    assert stranger(307, record, folder, None) is None
+    why = stranger(307, record, folder, logged - timedelta(days=1))
+    assert why.startswith("SLURM's job 307 was submitted at 2026-12-02T18:24:35, after the log")
+    assert why.endswith("the id was reused")
+    assert stranger(307, record, "/elsewhere", logged) == (
+        "SLURM's job 307 ran in /tmp/rq: the id was reused"
+    )

@@ -16,17 +16,19 @@ __all__ = ("canceljobs_subcommand", "canceljobs_tool", "sq_cancel_jobs")
 _DESCRIPTION = """\
 Cancel the SLURM jobs of a workflow. Each PATH is searched recursively for slurmjob.log files;
 each log gives a job id (and cluster). SLURM is asked (one squeue call per cluster) which of
-these jobs are still pending or running, and those are cancelled with scancel, at most 100 job
-ids per call. Jobs whose log records a final state (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...)
-or whose slurmjob.ret holds an exit code are left alone unless --all is given. When SLURM
-cannot be asked, the logs decide. This tool never deletes or edits files: cleaning up the job
-folders afterwards is your choice (see `stepup removejobs`). The exit status is non-zero when
-an scancel call failed."""
+these jobs are still pending or running in their own folder, and those are cancelled with
+scancel, at most 100 job ids per call, whatever their logs say. A job id that SLURM gives to a
+job in another folder (ids are reused) is never cancelled. When SLURM cannot be asked, the logs
+decide: jobs whose log records a final state (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...) or
+whose slurmjob.ret holds an exit code are then left alone unless --all is given. This tool never
+deletes or edits files: cleaning up the job folders afterwards is your choice (see `stepup
+removejobs`). The exit status is non-zero when an scancel call failed."""
 
 
 _ALL_HELP = (
-    "Also cancel jobs whose log records a final state or whose slurmjob.ret holds an exit code, "
-    "as long as SLURM still lists them as pending or running."
+    "When SLURM cannot be asked, also cancel jobs whose log records a final state or whose "
+    "slurmjob.ret holds an exit code. (A job that SLURM lists as pending or running is "
+    "cancelled anyway.)"
 )
 
 
@@ -74,7 +76,12 @@ def sq_cancel_jobs(argv: list[str] | None = None):
 
 
 def _decide(job: FoundJob, cancel_all: bool) -> tuple[bool, str]:
-    """Decide whether to cancel a job; return the decision and why (empty when obvious)."""
+    """Decide whether to cancel a job; return the decision and why (empty when obvious).
+
+    SLURM's live state wins over the files: a job that SLURM lists as pending or running
+    (requeued, or held after RequeueExitHold) is cancelled whatever its log and
+    `slurmjob.ret` say.
+    """
     if job.stranger is not None:
         return False, job.stranger
     if job.active is False:
@@ -84,11 +91,15 @@ def _decide(job: FoundJob, cancel_all: bool) -> tuple[bool, str]:
                 "its log" if job.account is None else "SLURM's accounting"
             )
         return False, f"already {job.live} in SLURM"
+    if job.orphan:
+        return True, "its folder has no slurmjob.log (tagged by StepUp Queue)"
+    if job.active:
+        return True, "live in SLURM, although its log says it ended" if job.ended_by_log else ""
+    if job.asked:
+        return False, "neither squeue nor sacct knows this job: not touched"
     if job.ended_by_log and not cancel_all:
         return False, "ended according to its log (--all cancels it anyway)"
-    if job.asked and job.active is None:
-        return False, "neither squeue nor sacct knows this job: not touched"
-    return True, "" if job.active else "SLURM not asked: going by the log"
+    return True, "SLURM not asked: going by the log"
 
 
 def canceljobs_tool(args: argparse.Namespace) -> int:

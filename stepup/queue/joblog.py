@@ -42,6 +42,7 @@ __all__ = (
     "JobLogError",
     "append_record",
     "find_logs",
+    "is_token",
     "parse_submitted",
     "read_log",
     "record_submitted",
@@ -130,6 +131,11 @@ class JobLog:
         return self.job_id is None and self.submitting_time is not None
 
 
+def is_token(text: str) -> bool:
+    """True when `text` is a token with which StepUp Queue tags a job (its comment)."""
+    return _RE_TOKEN.fullmatch(text) is not None
+
+
 def parse_submitted(text: str) -> tuple[int, str | None]:
     """Parse what `sbatch --parsable` printed: `ID` or `ID;CLUSTER`.
 
@@ -198,7 +204,7 @@ def _parse_record(joblog: JobLog, lineno: int, line: str):
             joblog.path, lineno, f"no valid date and time at the start of {line!r}"
         ) from None
     kind, _, rest = record.partition(" ")
-    if kind == "Submitting" and (rest == "" or _RE_TOKEN.fullmatch(rest)):
+    if kind == "Submitting" and (rest == "" or is_token(rest)):
         joblog.token = rest or None
         joblog.submitting_time = time
     elif kind == "Submitted":

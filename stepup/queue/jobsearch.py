@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from path import Path
 
 from .config import Config, ConfigError
-from .joblog import FINAL_STATES, LOG_NAME, JobLog, JobLogError, find_logs, read_log
+from .joblog import FINAL_STATES, LOG_NAME, JobLog, JobLogError, find_logs, is_token, read_log
 from .scheduler import (
     HISTORY_FIELDS,
+    Listing,
     UnreadableOutputError,
+    foreign_workdir,
     parse_squeue,
     run_command,
     sacct_records,
@@ -70,8 +72,11 @@ class FoundJob:
     history
         SLURM's accounting record of the job, also when squeue lists it; only asked for by
         `stepup jobs` (for the times and exit codes), else `None`.
-    margin
-        Seconds sbatch may have taken before the log's `Submitted` record was written.
+    workdir
+        The folder in which squeue lists the job, `None` when it is not listed.
+    orphan
+        True for a live job of StepUp Queue found without a log in its folder; `log` then
+        holds only its job id and cluster.
     """
 
     log: JobLog
@@ -82,7 +87,8 @@ class FoundJob:
     token_id: int | None = None
     account: dict[str, str] | None = None
     history: dict[str, str] | None = None
-    margin: float = 60.0
+    workdir: str | None = None
+    orphan: bool = False
 
     @property
     def folder(self) -> Path:
@@ -133,13 +139,15 @@ class FoundJob:
         Job ids are reused (e.g. after a reinstall of SLURM), and a folder may hold the log of
         another user's job: such a job is never cancelled and its files are never removed.
         """
-        if self.account is None:
+        if self.live is not None:
+            # squeue lists the user's own jobs only: the folder tells whether it is this one.
+            why = foreign_workdir(self.job_id, self.workdir or "", self.log.path.parent)
+        elif self.account is None:
             return None
-        if self.owner != getpass.getuser():
+        elif self.owner != getpass.getuser():
             return f"job of user {self.owner}: not touched"
-        why = stranger(
-            self.job_id, self.account, self.log.path.parent, self.log.submitted_time, self.margin
-        )
+        else:
+            why = stranger(self.job_id, self.account, self.log.path.parent, self.log.submitted_time)
         return None if why is None else f"{why}, not touched"
 
     @property
@@ -169,6 +177,8 @@ class FoundJob:
 
     def log_column(self) -> str:
         """What the log and `slurmjob.ret` say, for printing."""
+        if self.orphan:
+            return "no log"
         # SUBMITTING: killed before the job id was logged; the job was found by its token.
         words = [self.log.last_state or ("SUBMITTING" if self.log.job_id is None else "SUBMITTED")]
         if isinstance(self.ret, int):
@@ -257,12 +267,19 @@ def _read_submitted_log(path: Path) -> JobLog:
     return joblog
 
 
-def ask_slurm(jobs: list[FoundJob], timeout: float, history: bool = False) -> dict[str | None, str]:
+def ask_slurm(
+    jobs: list[FoundJob],
+    timeout: float,
+    history: bool = False,
+    roots: Iterable[str | Path] = (),
+) -> dict[str | None, str]:
     """Ask SLURM for the current states of the jobs, with one squeue and one sacct call per
     cluster.
 
-    Each job gets `asked`, `live` and `reason` set, and `account` when squeue no longer lists
-    it.
+    Each job gets `asked`, `live`, `reason` and `workdir` set, and `account` when squeue no
+    longer lists it. StepUp removes the log of a step that left the plan, also while its job
+    runs: the live jobs of StepUp Queue (tagged with a token) that squeue lists in a folder
+    below one of `roots` without a log are added to `jobs`, as `orphan`.
 
     Parameters
     ----------
@@ -273,6 +290,9 @@ def ask_slurm(jobs: list[FoundJob], timeout: float, history: bool = False) -> di
     history
         Also ask sacct (in the same call) about the jobs squeue lists, and set `history` of
         every job sacct knows.
+    roots
+        The folders searched for logs. Jobs without a log are looked for on the clusters of
+        the logs found (on the default cluster when none was found).
 
     Returns
     -------
@@ -280,7 +300,9 @@ def ask_slurm(jobs: list[FoundJob], timeout: float, history: bool = False) -> di
         Cluster → description of the failed query, for clusters that could not be asked.
     """
     unreachable = {}
-    by_cluster: dict[str | None, list[FoundJob]] = {}
+    # Without any log, the default cluster is asked for jobs without a log.
+    by_cluster: dict[str | None, list[FoundJob]] = {None: []} if roots and not jobs else {}
+    logged = {os.path.realpath(job.log.path.parent) for job in jobs}
     for job in jobs:
         by_cluster.setdefault(job.cluster, []).append(job)
     for cluster, cluster_jobs in by_cluster.items():
@@ -294,6 +316,9 @@ def ask_slurm(jobs: list[FoundJob], timeout: float, history: bool = False) -> di
         if failure is not None:
             unreachable[cluster] = failure
             continue
+        orphans = _orphans(listing, cluster, roots, logged)
+        jobs.extend(orphans)
+        cluster_jobs.extend(orphans)
         by_token = {comment: job_id for job_id, comment in listing.comments.items()}
         for job in cluster_jobs:
             job.asked = True
@@ -301,6 +326,7 @@ def ask_slurm(jobs: list[FoundJob], timeout: float, history: bool = False) -> di
                 job.token_id = by_token.get(job.log.token)
             job.live = listing.states.get(job.job_id)
             job.reason = listing.reasons.get(job.job_id) or None
+            job.workdir = listing.workdirs.get(job.job_id)
         # squeue lists only the user's own jobs that slurmctld still holds: the others are
         # looked up in the accounting database, all in one call.
         unlisted = [job for job in cluster_jobs if job.job_id is not None and job.live is None]
@@ -310,11 +336,29 @@ def ask_slurm(jobs: list[FoundJob], timeout: float, history: bool = False) -> di
             records = sacct_records(ids, cluster, timeout, HISTORY_FIELDS) or {}
             for job in unlisted:
                 job.account = records.get(job.job_id)
-                job.margin = timeout
             if history:
                 for job in wanted:
                     job.history = records.get(job.job_id)
     return unreachable
+
+
+def _orphans(
+    listing: Listing, cluster: str | None, roots: Iterable[str | Path], logged: set[str]
+) -> list[FoundJob]:
+    """The live, tagged jobs that squeue lists below one of `roots` in a folder without log."""
+    tops = [os.path.realpath(root) for root in roots]
+    orphans = []
+    for job_id in listing.active():
+        workdir = listing.workdirs.get(job_id)
+        if workdir is None or not is_token(listing.comments.get(job_id, "")):
+            continue
+        real = os.path.realpath(workdir)
+        if real in logged or not any(real == top or real.startswith(top + os.sep) for top in tops):
+            continue
+        folder = Path(os.path.relpath(workdir))
+        joblog = JobLog(folder / LOG_NAME, "", job_id=job_id, cluster=cluster)
+        orphans.append(FoundJob(joblog, read_ret(folder), orphan=True))
+    return orphans
 
 
 def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch | None:
@@ -338,8 +382,9 @@ def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return None
+    paths = list(paths)
     jobs, errors = find_jobs(paths)
-    unreachable = ask_slurm(jobs, timeout, history)
+    unreachable = ask_slurm(jobs, timeout, history, paths)
     # A submission interrupted before its Submitted record: only the token can tell the job.
     for job in jobs:
         if job.job_id is None:

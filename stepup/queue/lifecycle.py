@@ -31,6 +31,7 @@ from .scheduler import (
     cancel,
     environment_after_rc,
     find_by_token,
+    foreign_workdir,
     is_transient,
     query_jobs,
     requeue_exit_codes,
@@ -124,16 +125,18 @@ def _account_record(joblog: JobLog, config: Config) -> dict[str, str] | None:
     record = None if records is None else records.get(joblog.job_id)
     if record is None:
         return None
-    why = stranger(
-        joblog.job_id, record, os.getcwd(), joblog.submitted_time, config.command_timeout
-    )
+    why = stranger(joblog.job_id, record, os.getcwd(), joblog.submitted_time)
     if why is not None:
-        raise JobError(
-            f"{joblog.path} records job {joblog.job_id}, but {why}. That job is not waited for "
-            "and not cancelled. The logged job ended long ago: to submit it again, remove "
-            f"{LOG_NAME} in this folder by hand (the job tools do not touch such a log)."
-        )
+        raise _reused(joblog, why)
     return record
+
+
+def _reused(joblog: JobLog, why: str) -> JobError:
+    return JobError(
+        f"{joblog.path} records job {joblog.job_id}, but {why}. That job is not waited for "
+        "and not cancelled. The logged job ended long ago: to submit it again, remove "
+        f"{LOG_NAME} in this folder by hand (the job tools do not touch such a log)."
+    )
 
 
 def _account_state(joblog: JobLog, config: Config) -> str | None:
@@ -146,10 +149,18 @@ def _current_state(joblog: JobLog, snapshot: Snapshot, config: Config) -> str | 
     """The logged job's state in a status answer, else in the accounting database.
 
     A job leaves slurmctld's memory MinJobAge seconds after it ended (at once when cancelled
-    while requeued); the accounting database still knows it.
+    while requeued); the accounting database still knows it. Raises a JobError when the job
+    that SLURM lists under the logged id runs in another folder.
     """
     current = snapshot.states.get(joblog.job_id)
-    return _account_state(joblog, config) if current is None else current
+    if current is None:
+        return _account_state(joblog, config)
+    why = foreign_workdir(
+        joblog.job_id, snapshot.listing.workdirs.get(joblog.job_id, ""), os.getcwd()
+    )
+    if why is not None:
+        raise _reused(joblog, why)
+    return current
 
 
 def _on_cluster(joblog: JobLog) -> str:
@@ -201,13 +212,27 @@ def _inputs_changed(
             "The older STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS=yes means the same as resubmit; "
             "when both are set, STEPUP_QUEUE_ONCHANGE wins."
         )
-    if not joblog.done:
-        for result in cancel([job_id], cluster, config.command_timeout):
-            if result.returncode != 0:
-                raise JobError(f"Could not cancel the old job {job_id}: {result.describe()}")
-        print(f"Inputs changed: cancelled the old job {job_id}, submitting again")
-        return None, job_id
-    return None, None
+    if joblog.done:
+        return None, None
+    # Only a job that SLURM lists as the user's, live in this folder, is the old job.
+    listing = query_jobs([job_id], cluster, config.command_timeout)
+    if listing is None:
+        raise JobError(
+            f"The inputs changed since job {job_id} was submitted from {joblog.path}, but "
+            "SLURM could not be asked whether that job still runs, so it cannot be cancelled. "
+            "Run the workflow again when SLURM answers."
+        )
+    workdir = listing.workdirs.get(job_id, "")
+    why = foreign_workdir(job_id, workdir, os.getcwd()) if job_id in listing.active() else None
+    if job_id not in listing.active() or why is not None:
+        note = "it has ended" if why is None else f"{why}, so it is not cancelled"
+        print(f"Inputs changed since job {job_id} was submitted: {note}. Submitting again")
+        return None, None
+    for result in cancel([job_id], cluster, config.command_timeout):
+        if result.returncode != 0:
+            raise JobError(f"Could not cancel the old job {job_id}: {result.describe()}")
+    print(f"Inputs changed: cancelled the old job {job_id}, submitting again")
+    return None, job_id
 
 
 def _submit_once(

@@ -5,6 +5,9 @@ SLURM confirms are no longer pending or running. Without `--commit` nothing is r
 """
 
 import argparse
+import getpass
+import os
+import pwd
 import sys
 from collections.abc import Callable
 
@@ -91,6 +94,11 @@ def _decide(job: FoundJob, select_all: bool) -> tuple[bool, str]:
     """Decide whether to remove the files of a job; return the decision and why."""
     if job.stranger is not None:
         return False, job.stranger
+    owner = _log_owner(job)
+    if owner is not None:
+        # sacct may hide a colleague's job (PrivateData=jobs) or be down: only SLURM's word
+        # that the job is the user's allows removing the files of another user's log.
+        return False, f"log of user {owner}, and SLURM does not confirm the job is yours"
     if job.active is None:
         if job.asked:
             return False, "SLURM cannot confirm that it ended: neither squeue nor sacct knows it"
@@ -100,6 +108,21 @@ def _decide(job: FoundJob, select_all: bool) -> tuple[bool, str]:
     if job.succeeded:
         return select_all, "succeeded" if select_all else "succeeded (--all selects it)"
     return True, _why_failed(job)
+
+
+def _log_owner(job: FoundJob) -> str | None:
+    """The owner of the job's log when it is another user and SLURM does not say the job is
+    this user's, else `None`."""
+    try:
+        uid = job.log.path.stat().st_uid
+    except OSError:
+        return None
+    if uid == os.getuid() or job.live is not None or job.owner == getpass.getuser():
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _remove_files(job: FoundJob) -> list[str]:

@@ -43,11 +43,14 @@ __all__ = (
     "cancel",
     "environment_after_rc",
     "find_by_token",
+    "foreign_workdir",
     "format_cache",
     "is_transient",
+    "last_run",
     "match_submission",
     "parse_cache",
     "parse_sacct",
+    "parse_sacct_runs",
     "parse_scontrol",
     "parse_squeue",
     "query_jobs",
@@ -507,22 +510,38 @@ def parse_scontrol(text: str) -> Listing:
 def parse_sacct(text: str, fields: tuple[str, ...] = SACCT_FIELDS) -> dict[int, dict[str, str]]:
     """Parse `sacct -X -n -P -o <fields>` output; the first field must be `JobIDRaw`.
 
-    The last field takes the rest of the line, so it may contain `|`. Fields missing at the
-    end of a line are empty. A state like `CANCELLED by 0` becomes `CANCELLED`, an empty one
-    `UNKNOWN`. Also reads squeue's output in the same fields, where the job id field is
-    squeue's `%i` (see `parse_squeue`: array tasks are skipped).
+    Also reads squeue's output in the same fields, where the job id field is squeue's `%i`.
+    Of a job with several records (`sacct -D`), the last one is kept: see `parse_sacct_runs`.
 
     Returns
     -------
     jobs
         Job id → {field name: value} for the fields after `JobIDRaw`.
+    """
+    return {job_id: runs[-1] for job_id, runs in parse_sacct_runs(text, fields).items()}
+
+
+def parse_sacct_runs(
+    text: str, fields: tuple[str, ...] = SACCT_FIELDS
+) -> dict[int, list[dict[str, str]]]:
+    """Parse `sacct -X -n -P -o <fields>` output, with every record of a job id (`-D`).
+
+    The first field must be `JobIDRaw`. The last field takes the rest of the line, so it may
+    contain `|`. Fields missing at the end of a line are empty. A state like `CANCELLED by 0`
+    becomes `CANCELLED`, an empty one `UNKNOWN`. Array tasks are skipped (see `parse_squeue`).
+
+    Returns
+    -------
+    jobs
+        Job id → the records of that id in the order printed, each {field name: value} for
+        the fields after `JobIDRaw`.
 
     Raises
     ------
     UnreadableOutputError
         For a line that holds no job id and a field after it.
     """
-    jobs = {}
+    jobs: dict[int, list[dict[str, str]]] = {}
     for line in map(str.strip, text.splitlines()):
         if line == "":
             continue
@@ -536,7 +555,7 @@ def parse_sacct(text: str, fields: tuple[str, ...] = SACCT_FIELDS) -> dict[int, 
         record = dict(zip(fields[1:], parts[1:], strict=True))
         if "State" in record:
             record["State"] = record["State"].split()[0] if record["State"].strip() else "UNKNOWN"
-        jobs[job_id] = record
+        jobs.setdefault(job_id, []).append(record)
     return jobs
 
 
@@ -771,8 +790,9 @@ def query_jobs(job_ids: Iterable[int], cluster: str | None, timeout: float) -> L
     return _readable(parse_squeue, result.stdout)
 
 
-# User before WorkDir, the field that takes the rest of the line.
-ACCOUNT_FIELDS = ("JobIDRaw", "State", "Submit", "User", "WorkDir")
+# User before WorkDir, the field that takes the rest of the line; End tells the runs of a
+# requeued job (see `last_run`).
+ACCOUNT_FIELDS = ("JobIDRaw", "State", "Submit", "End", "User", "WorkDir")
 # The fields `stepup jobs` shows: those of ACCOUNT_FIELDS (for `stranger`), times and exit code.
 HISTORY_FIELDS = ("JobIDRaw", "State", "ExitCode", "Submit", "Start", "End", "User", "WorkDir")
 
@@ -784,6 +804,10 @@ def sacct_records(
     fields: tuple[str, ...] = ACCOUNT_FIELDS,
 ) -> dict[int, dict[str, str]] | None:
     """Ask the accounting database about jobs of any user, in one call.
+
+    Every run of a requeued job has a record of its own, each with the time of its requeue as
+    its `Submit` (sacct -D lists them all). A job's record is that of its last run, with the
+    `Submit` of its first run added as `FirstSubmit`: that time does not change on requeue.
 
     Parameters
     ----------
@@ -801,49 +825,87 @@ def sacct_records(
     Returns
     -------
     records
-        Job id → the fields after `JobIDRaw`, for the jobs sacct knows; `None` when sacct
-        failed.
+        Job id → the fields after `JobIDRaw` and `FirstSubmit`, for the jobs sacct knows;
+        `None` when sacct failed.
     """
     ids = ",".join(map(str, sorted(job_ids)))
-    args = ["sacct", *_cluster_args(cluster), "-X", "-n", "-P", "-a", "-j", ids]
+    args = ["sacct", *_cluster_args(cluster), "-X", "-D", "-n", "-P", "-a", "-j", ids]
     result = run_command([*args, "-o", ",".join(fields)], timeout=timeout)
     if result.returncode != 0:
         return None
-    return _readable(parse_sacct, result.stdout, fields)
+    runs = _readable(parse_sacct_runs, result.stdout, fields)
+    return None if runs is None else {job_id: last_run(rs) for job_id, rs in runs.items()}
+
+
+def last_run(runs: list[dict[str, str]]) -> dict[str, str]:
+    """The record of a job's last run, with `FirstSubmit`: the `Submit` of its first run.
+
+    A run that SLURM requeued ends when the next one is submitted. An earlier record of the
+    same id that ended at another time (or in another folder) is an older job whose id was
+    reused: it is no run of this job.
+
+    Parameters
+    ----------
+    runs
+        The records of one job id (`sacct -D`, with `Submit`, `End` and `WorkDir`), in any
+        order.
+    """
+    runs = sorted(runs, key=lambda run: _parse_time(run["Submit"]))
+    first = len(runs) - 1
+    while first > 0:
+        earlier, later = runs[first - 1], runs[first]
+        gap = abs(_parse_time(later["Submit"]) - _parse_time(earlier["End"]))
+        if gap > CLOCK_SLACK or earlier["WorkDir"] != later["WorkDir"]:
+            break
+        first -= 1
+    return runs[-1] | {"FirstSubmit": runs[first]["Submit"]}
+
+
+def foreign_workdir(job_id: int, workdir: str, folder: str) -> str | None:
+    """Why SLURM's job with a logged id is not the job of `folder`: it ran elsewhere.
+
+    Returns
+    -------
+    why
+        `None` when `workdir` (SLURM's work directory of the job) is empty or the folder.
+    """
+    if workdir != "" and os.path.realpath(workdir) != os.path.realpath(folder):
+        return f"SLURM's job {job_id} ran in {workdir}: the id was reused"
+    return None
 
 
 def stranger(
-    job_id: int, record: dict[str, str], folder: str, submitted: datetime | None, margin: float
+    job_id: int, record: dict[str, str], folder: str, submitted: datetime | None
 ) -> str | None:
     """Tell why SLURM's job with a logged id is not the logged job, `None` when it may be.
 
-    Job ids are reused (a reinstalled SLURM starts again at 1): the id counts only when SLURM's
-    record of the job has the job folder as its work directory and a submit time close to the
-    `Submitted` record of the log.
+    Job ids are reused (a reinstalled SLURM starts again at 1, ids wrap at MaxJobId): the id
+    counts only when SLURM's record of the job has the job folder as its work directory and
+    was first submitted no later than the log's `Submitted` record. The first submission, not
+    the last: SLURM resets the submit time on every requeue. No earliest time is checked: the
+    `Submitted` record of a job found after an interrupted submission is written when the job
+    is found, perhaps long after SLURM's submit time.
 
     Parameters
     ----------
     job_id
         The job id in the log.
     record
-        SLURM's record of that job, with the fields of `ACCOUNT_FIELDS`.
+        SLURM's record of that job from `sacct_records`.
     folder
         The job folder.
     submitted
         When the log's `Submitted` record was written, `None` when unknown.
-    margin
-        Seconds sbatch may have taken before the `Submitted` record was written.
     """
-    workdir = record["WorkDir"]
-    if workdir != "" and os.path.realpath(workdir) != os.path.realpath(folder):
-        return f"SLURM's job {job_id} ran in {workdir}: the id was reused"
-    when = _parse_time(record["Submit"])
-    early = timedelta(seconds=margin) + CLOCK_SLACK
-    known = submitted is not None and when != datetime.min
-    if known and not submitted - early <= when <= submitted + CLOCK_SLACK:
+    why = foreign_workdir(job_id, record["WorkDir"], folder)
+    if why is not None:
+        return why
+    first = record.get("FirstSubmit", record["Submit"])
+    when = _parse_time(first)
+    if submitted is not None and when != datetime.min and when > submitted + CLOCK_SLACK:
         return (
-            f"SLURM's job {job_id} was submitted at {record['Submit']}, not when the log "
-            f"says ({submitted:%Y-%m-%dT%H:%M:%S}): the id was reused"
+            f"SLURM's job {job_id} was submitted at {first}, after the log's Submitted record "
+            f"({submitted:%Y-%m-%dT%H:%M:%S}): the id was reused"
         )
     return None
 
