@@ -17,6 +17,7 @@ from conftest import SIMPLE_PLAN, Workflow, fake_command, scontrol_state, wait_f
 from path import Path
 
 from stepup.queue.joblog import FORMAT_LINE, JobLog, append_record, read_log
+from stepup.queue.scheduler import CLOCK_SLACK
 
 TOOLS = Path(__file__).parent.parent / "tools"
 SLURM_RUN = Path("/var/lib/stepup-queue-slurm/run")
@@ -652,3 +653,32 @@ def test_bare_submitting_record_with_user_time_format(workflow: Workflow, time_f
     assert read_log(log).job_id == job_id
     assert [r["JobIDRaw"] for r in workflow.final_jobs(1)] == [str(job_id)]
     assert (job / "slurmjob.out").read_text() == "once\n"
+
+
+def test_job_found_after_interrupted_submission_is_resumed_later(workflow: Workflow, tmp_path):
+    """The `Submitted` record of a job found after an interrupted submission is written when
+    the job is found, long after SLURM's submit time: a later restart still takes the job for
+    the logged one (issue 15.1).
+
+    A fake `sbatch` on PATH kills its caller right after the real sbatch (see KILL_POINTS).
+    """
+    workflow.plan(SIMPLE_PLAN)
+    release = workflow.root / "release"
+    workflow.job(
+        "job", f"#!/usr/bin/env bash\nwhile [ ! -e {release} ]; do sleep 0.2; done\necho once\n"
+    )
+    kill_during_submission(workflow, Path(tmp_path) / "bin", "after_sbatch")
+    # Time passes on purpose: the job is found later than sbatch could have taken.
+    time.sleep(float(workflow.env["STEPUP_SBATCH_COMMAND_TIMEOUT"]) + CLOCK_SLACK.seconds + 1)
+    proc = workflow.popen()
+    wait_for(lambda: submitted(workflow), 60, "the restarted workflow to find the job")
+    workflow.kill(proc)
+    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
+    release.touch()
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    assert "the id was reused" not in result.stdout
+    assert f"Waiting for job {job_id}, submitted earlier" in result.stdout
+    (record,) = workflow.final_jobs(1)
+    assert (record["JobIDRaw"], record["State"]) == (str(job_id), "COMPLETED")
+    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
