@@ -602,8 +602,15 @@ def test_requeued_job_is_waited_for_after_a_restart(workflow: Workflow):
     workflow.job("job", REQUEUE_AND_SUCCEED)
     proc = workflow.popen()
     out = workflow.root / "job/slurmjob.out"
-    wait_for(lambda: out.exists() and "run 0" in out.read_text(), 60, "the first run")
-    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
+    log = workflow.root / "job/slurmjob.log"
+
+    def first_run_logged() -> bool:
+        # A fast start may print before the step writes its Submitted record.
+        started = out.exists() and "run 0" in out.read_text()
+        return started and log.exists() and " Submitted " in log.read_text()
+
+    wait_for(first_run_logged, 60, "the first run and the Submitted record")
+    job_id = read_log(log).job_id
     workflow.kill(proc)
     subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
     # Requeued jobs wait two minutes before they are eligible again.
