@@ -263,3 +263,53 @@ def test_sleep_range_looks_at_young_jobs_more_often(age, expected):
 
 def test_debug_sleep_range_ignores_age():
     assert read(STEPUP_SBATCH_DEBUG="1").sleep_range(0.0) == (1.0, 1.0)
+
+
+# What the original StepUp Queue 2.0.1 was seen to read, with its defaults (docs/migration.md).
+
+
+@pytest.mark.parametrize(
+    ("variables", "interval", "margin"),
+    [
+        ({"STEPUP_SBATCH_POLLING_MIN": "10"}, 10.0, 0.5),
+        ({"STEPUP_SBATCH_POLLING_MAX": "20"}, 1.0, 19.0),
+        ({"STEPUP_SBATCH_POLLING_MIN": "10", "STEPUP_SBATCH_POLLING_MAX": "20"}, 10.0, 10.0),
+        # The new variables win.
+        ({"STEPUP_SBATCH_POLLING_MIN": "10", "STEPUP_SBATCH_POLLING_INTERVAL": "3"}, 3.0, 0.5),
+        ({"STEPUP_SBATCH_POLLING_MAX": "20", "STEPUP_SBATCH_TIME_MARGIN": "2"}, 1.0, 2.0),
+    ],
+)
+def test_polling_variables_of_2x(variables, interval, margin):
+    config = read(**variables)
+    assert (config.polling_interval, config.time_margin) == (interval, margin)
+    assert config.sleep_range() == (interval, interval + margin)
+    assert config.warnings == ()
+
+
+def test_polling_max_below_min_is_refused():
+    with pytest.raises(ConfigError, match="STEPUP_SBATCH_POLLING_MAX='5' is too small"):
+        read(STEPUP_SBATCH_POLLING_MIN="10", STEPUP_SBATCH_POLLING_MAX="5")
+
+
+def test_retry_variables_of_2x():
+    config = read(STEPUP_SBATCH_RETRY_NUM="2", STEPUP_SBATCH_RETRY_DELAY_MIN="60")
+    assert (config.submit_retries, config.submit_backoff) == (2, 60.0)
+    assert read(STEPUP_SBATCH_RETRY_NUM="2", STEPUP_SBATCH_SUBMIT_RETRIES="7").submit_retries == 7
+    with pytest.raises(ConfigError, match="STEPUP_SBATCH_RETRY_NUM='x' is not a whole number"):
+        read(STEPUP_SBATCH_RETRY_NUM="x")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "STEPUP_SBATCH_RETRY_DELAY_MAX",
+        "STEPUP_SBATCH_UNLISTED_TIMEOUT",
+        "STEPUP_SACCT_START_TIME",
+        "STEPUP_SBATCH_CANCEL_TIMEOUT",
+    ],
+)
+def test_variables_of_2x_without_equivalent_are_named_in_a_warning(name):
+    (warning,) = read(**{name: "600"}).warnings
+    assert warning.startswith(f"{name} (a variable of the original StepUp Queue 2.x) is ignored: ")
+    assert warning.endswith("Unset it to silence this warning.")
+    assert read(**{name: ""}).warnings == ()

@@ -22,6 +22,21 @@ _TRUE = ("yes", "true", "t", "y", "1")
 _FALSE = ("no", "false", "f", "n", "0")
 
 
+# Variables of the original StepUp Queue 2.x without an equivalent here, and why. Those with an
+# equivalent are read in `Config.from_environ`, where the new name wins when both are set.
+# The list is what 2.0.1's sq-sbatch-and-wait was seen to read (traced, not read in its code).
+_LEGACY_IGNORED = {
+    "STEPUP_SBATCH_RETRY_DELAY_MAX": "the delay before the next try of a failed sbatch starts "
+    "at STEPUP_SBATCH_SUBMIT_BACKOFF and doubles each time",
+    "STEPUP_SBATCH_UNLISTED_TIMEOUT": "a job that squeue no longer lists is looked up in sacct, "
+    "which tells how it ended",
+    "STEPUP_SACCT_START_TIME": "sacct is asked about each job from the submission time in its "
+    "slurmjob.log",
+    "STEPUP_SBATCH_CANCEL_TIMEOUT": "with onchange=resubmit, the old job is cancelled and the new "
+    "one submitted at once, without waiting for the old one to leave the queue",
+}
+
+
 class ConfigError(ValueError):
     """An environment variable of StepUp Queue has an invalid value."""
 
@@ -80,6 +95,13 @@ class Config:
     cache_dir
         Where the shared scheduler cache lives: `$XDG_CACHE_HOME/stepup-queue`,
         `~/.cache/stepup-queue`, or `STEPUP_QUEUE_CACHE_DIR` when set.
+    warnings
+        One line for each variable of the original StepUp Queue 2.x that is set and ignored.
+
+    Variables of the original StepUp Queue 2.x are read where they have an equivalent, unless
+    the new variable is set: `STEPUP_SBATCH_POLLING_MIN` and `STEPUP_SBATCH_POLLING_MAX` (the
+    sleep between two looks lies between them), `STEPUP_SBATCH_RETRY_NUM` (submit_retries) and
+    `STEPUP_SBATCH_RETRY_DELAY_MIN` (submit_backoff).
     """
 
     onchange: OnChange = OnChange.RAISE
@@ -95,6 +117,7 @@ class Config:
     ret_timeout: float = 60.0
     hopeless_grace: float = 300.0
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/stepup-queue").expanduser())
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -119,20 +142,29 @@ class Config:
             environ = os.environ
         onchange, onchange_source = _read_onchange(environ)
         debug = _read_bool(environ, "STEPUP_SBATCH_DEBUG", False)
+        polling_interval, time_margin = _read_polling(environ)
+        retries = _either(environ, "STEPUP_SBATCH_SUBMIT_RETRIES", "STEPUP_SBATCH_RETRY_NUM")
+        backoff = _either(environ, "STEPUP_SBATCH_SUBMIT_BACKOFF", "STEPUP_SBATCH_RETRY_DELAY_MIN")
         return cls(
             onchange=onchange,
             onchange_source=onchange_source,
             debug=debug,
             cache_timeout=_read_float(environ, "STEPUP_SBATCH_CACHE_TIMEOUT", 30.0),
-            polling_interval=_read_float(environ, "STEPUP_SBATCH_POLLING_INTERVAL", 1.0),
-            time_margin=_read_float(environ, "STEPUP_SBATCH_TIME_MARGIN", 0.5),
+            polling_interval=polling_interval,
+            time_margin=time_margin,
             query=_read_enum(environ, "STEPUP_SBATCH_QUERY", QueryMethod, QueryMethod.SQUEUE),
             command_timeout=_read_float(environ, "STEPUP_SBATCH_COMMAND_TIMEOUT", 60.0, 1.0),
-            submit_retries=int(_read_float(environ, "STEPUP_SBATCH_SUBMIT_RETRIES", 5, 0, True)),
-            submit_backoff=_read_float(environ, "STEPUP_SBATCH_SUBMIT_BACKOFF", 10.0),
+            submit_retries=int(_read_float(environ, retries, 5, 0, True)),
+            submit_backoff=_read_float(environ, backoff, 10.0),
             ret_timeout=_read_float(environ, "STEPUP_SBATCH_RET_TIMEOUT", 60.0),
             hopeless_grace=_read_float(environ, "STEPUP_SBATCH_HOPELESS_GRACE", 300.0),
             cache_dir=_cache_dir(environ),
+            warnings=tuple(
+                f"{name} (a variable of the original StepUp Queue 2.x) is ignored: {why}. "
+                "Unset it to silence this warning."
+                for name, why in _LEGACY_IGNORED.items()
+                if environ.get(name, "") != ""
+            ),
         )
 
     def sleep_range(self, age: float | None = None) -> tuple[float, float]:
@@ -153,6 +185,24 @@ class Config:
             base = min(base, max(base / 5, age / 20))
         scale = base / self.polling_interval if self.polling_interval > 0 else 1.0
         return base, base + self.time_margin * scale
+
+
+def _either(environ: Mapping[str, str], name: str, old: str) -> str:
+    """The name of the variable to read: the new one, unless only the old one is set."""
+    return old if environ.get(name, "") == "" and environ.get(old, "") != "" else name
+
+
+def _read_polling(environ: Mapping[str, str]) -> tuple[float, float]:
+    """The polling interval and time margin, from the variables of either generation."""
+    name = _either(environ, "STEPUP_SBATCH_POLLING_INTERVAL", "STEPUP_SBATCH_POLLING_MIN")
+    interval = _read_float(environ, name, 1.0)
+    if environ.get("STEPUP_SBATCH_TIME_MARGIN", "") != "":
+        return interval, _read_float(environ, "STEPUP_SBATCH_TIME_MARGIN", 0.5)
+    if environ.get("STEPUP_SBATCH_POLLING_MAX", "") != "":
+        # 2.x sleeps between POLLING_MIN and POLLING_MAX: the margin spans the difference.
+        maximum = _read_float(environ, "STEPUP_SBATCH_POLLING_MAX", 20.0, interval)
+        return interval, maximum - interval
+    return interval, 0.5
 
 
 def _read_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:

@@ -16,7 +16,13 @@ from path import Path
 from .config import Config, OnChange
 from .lifecycle import JobError, run_job
 
-__all__ = ("HOST_VARIABLES", "job_environment", "parse_step_args", "run_step")
+__all__ = (
+    "HOST_VARIABLES",
+    "add_step_arguments",
+    "job_environment",
+    "parse_step_args",
+    "run_step",
+)
 
 # Variables by which StepUp steers the step that runs us. A job that inherited them would talk
 # to (or write into) the workflow that submitted it, e.g. when it runs a StepUp workflow itself.
@@ -35,6 +41,22 @@ HOST_VARIABLES = (
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise ValueError(f"Invalid arguments of {self.prog}: {message}. {self.format_usage()}")
+
+
+def add_step_arguments(parser: argparse.ArgumentParser):
+    """Add the arguments of an sbatch step: `[EXT] [--rc RC] [--onchange X]`."""
+    parser.add_argument(
+        "ext", nargs="?", default=".sh", help="The extension of the job script (default: .sh)."
+    )
+    parser.add_argument(
+        "--rc", default=None, help="Shell code run before sbatch, e.g. 'source env.sh'."
+    )
+    parser.add_argument(
+        "--onchange",
+        default=None,
+        choices=[m.value for m in OnChange],
+        help="What to do with a job whose inputs changed (default: STEPUP_QUEUE_ONCHANGE).",
+    )
 
 
 def parse_step_args(words: list[str], prog: str) -> argparse.Namespace:
@@ -58,9 +80,7 @@ def parse_step_args(words: list[str], prog: str) -> argparse.Namespace:
         When the arguments cannot be parsed.
     """
     parser = _ArgumentParser(prog=prog, add_help=False)
-    parser.add_argument("ext", nargs="?", default=".sh")
-    parser.add_argument("--rc", default=None)
-    parser.add_argument("--onchange", default=None, choices=[m.value for m in OnChange])
+    add_step_arguments(parser)
     return parser.parse_args(words)
 
 
@@ -90,6 +110,8 @@ def run_step(words: list[str], prog: str, rerun: str) -> int:
     try:
         args = parse_step_args(words, prog)
         config = Config.from_environ()
+        for warning in config.warnings:
+            print(f"Warning: {warning}", file=sys.stderr)
         if args.onchange is not None:
             config = dataclasses.replace(
                 config, onchange=OnChange(args.onchange), onchange_source="sbatch(onchange=...)"

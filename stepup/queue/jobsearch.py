@@ -30,6 +30,7 @@ from .scheduler import (
     stranger,
 )
 from .tables import print_table
+from .version import add_version_argument
 from .wrapper import read_ret
 
 __all__ = (
@@ -415,6 +416,7 @@ def add_search_arguments(parser: argparse.ArgumentParser):
         help=f"Folders searched recursively for {LOG_NAME} (hidden folders are skipped). "
         "Default: the current folder.",
     )
+    add_version_argument(parser)
 
 
 def add_tool(
