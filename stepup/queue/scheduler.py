@@ -31,6 +31,7 @@ from typing import NamedTuple, TypeVar
 from path import Path
 
 from .config import Config, ConfigError, QueryMethod
+from .states import is_active
 
 _Parsed = TypeVar("_Parsed")
 
@@ -329,7 +330,7 @@ class Listing(NamedTuple):
 
     def active(self) -> list[int]:
         """The jobs listed that have not ended: those that count against a submit limit."""
-        return sorted(job_id for job_id, state in self.states.items() if state in _SQUEUE_ACTIVE)
+        return sorted(job_id for job_id, state in self.states.items() if is_active(state))
 
 
 @dataclass
@@ -429,7 +430,7 @@ def parse_squeue(text: str) -> Listing:
         job_id = _job_id(line, job)
         if job_id is None:
             continue
-        if listing.states.get(job_id) not in _SQUEUE_ACTIVE:
+        if not is_active(listing.states.get(job_id)):
             listing.states[job_id] = state
             if reason not in ("", "None"):
                 listing.reasons[job_id] = reason
@@ -441,27 +442,6 @@ def parse_squeue(text: str) -> Listing:
 
 
 _RE_SQUEUE_LINE = re.compile(r"([^|]*)\|([^|]*)\|(.*?)\|([^|]*)\|(/.*)")
-
-
-# squeue's states of a job that has not ended (squeue(1), JOB STATE CODES).
-_SQUEUE_ACTIVE = frozenset(
-    {
-        "CONFIGURING",
-        "COMPLETING",
-        "PENDING",
-        "REQUEUED",
-        "REQUEUE_FED",
-        "REQUEUE_HOLD",
-        "RESIZING",
-        "RESV_DEL_HOLD",
-        "RUNNING",
-        "SIGNALING",
-        "SPECIAL_EXIT",
-        "STAGE_OUT",
-        "STOPPED",
-        "SUSPENDED",
-    }
-)
 
 
 _RE_SCONTROL_JOB = re.compile(r"^JobId=([0-9]+)\s", re.MULTILINE)
