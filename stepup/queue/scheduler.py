@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
@@ -168,10 +168,40 @@ def run_command(
     try:
         stdout, stderr = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+        stdout, stderr = _stop(proc)
         return CommandResult(command, -9, stdout, f"{stderr}timed out after {timeout:g} s")
     return CommandResult(command, proc.returncode, stdout, stderr)
+
+
+# Seconds a command that timed out gets to end after SIGTERM, and then after SIGKILL.
+KILL_GRACE = 2.0
+
+
+def _stop(proc: subprocess.Popen) -> tuple[str, str]:
+    """End a command that timed out: SIGTERM to its process group, SIGKILL after a grace period.
+
+    Never waits longer than twice the grace period: a process that left the group (e.g. a
+    daemon that rc started) may keep the pipes open, and then the rest of the output is lost.
+
+    Returns
+    -------
+    stdout, stderr
+        What the command printed, as far as it could be read.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            return proc.communicate(timeout=KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            pass
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            with suppress(OSError):
+                pipe.close()
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(KILL_GRACE)
+    return "", "(the rest of its output was lost: a process it started holds it) "
 
 
 def _environment(program: str | None, env: Mapping[str, str] | None) -> dict[str, str]:
