@@ -653,3 +653,65 @@ def test_resubmit_never_cancels_a_job_of_another_folder(workflow: Workflow):
     assert scontrol_state(int(stranger)) == "PENDING"
     assert read_log(log).job_id != int(stranger)
     assert (workflow.root / "job/slurmjob.out").read_text() == "new\n"
+
+
+# Runaway jobs (issue 15.8).
+
+
+def accounting(sql: str) -> str:
+    """Run SQL on slurmdbd's database of the local cluster (`{cluster}` is its name)."""
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+    cluster = config.stdout.split("ClusterName", 1)[1].split("=", 1)[1].split()[0]
+    result = subprocess.run(
+        ["mysql", "-N", "slurm_acct_db", "-e", sql.format(cluster=cluster)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_runaway_job_fails_naming_sacctmgr(workflow: Workflow):
+    """A job that slurmctld forgot while the accounting still says RUNNING: the step fails.
+
+    A runaway job comes from an end record that never reached slurmdbd (e.g. a lost message
+    queue). That cannot be produced on demand without losing the records of everyone's jobs,
+    so the lost record is made by hand in slurmdbd's database: the job is cancelled, and once
+    slurmctld forgot it, its accounting row is set back to RUNNING without an end.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --hold\necho never\n")
+    proc = workflow.popen()
+    log = workflow.root / "job/slurmjob.log"
+    try:
+        wait_for(lambda: log.exists() and read_log(log).job_id is not None, 60, "the job")
+    finally:
+        workflow.kill(proc)
+    job_id = read_log(log).job_id
+    subprocess.run(["scancel", str(job_id)], check=True)
+    wait_for(lambda: scontrol_state(job_id) is None, 120, "slurmctld to forget the job")
+    where = f"id_job={job_id} AND work_dir='{workflow.root / 'job'}'"
+    try:
+        accounting(
+            "UPDATE {cluster}_job_table SET state=1, time_start=time_submit, time_end=0 "
+            f"WHERE {where}"
+        )
+        # sacctmgr asks whether to fix them: no.
+        runaway = subprocess.run(
+            ["sacctmgr", "-n", "show", "runawayjobs"],
+            capture_output=True,
+            text=True,
+            input="n\n",
+            timeout=30,
+        )
+        assert str(job_id) in runaway.stdout, runaway.stdout
+        result = workflow.boot(env={"STEPUP_SBATCH_RUNAWAY_TIMEOUT": "3"}, timeout=120)
+    finally:
+        accounting(
+            "UPDATE {cluster}_job_table SET state=4, time_end=UNIX_TIMESTAMP() "
+            f"WHERE {where} AND time_end=0"
+        )
+    assert result.returncode & FAILED_RC, result.stdout
+    assert f"Job {job_id} is RUNNING in SLURM's accounting" in result.stdout
+    assert "`sacctmgr show runawayjobs`" in result.stdout
+    assert "STEPUP_SBATCH_RUNAWAY_TIMEOUT" in result.stdout

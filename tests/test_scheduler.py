@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import subprocess
 import textwrap
 import threading
@@ -22,6 +23,7 @@ from stepup.queue.config import Config, ConfigError, QueryMethod
 from stepup.queue.scheduler import (
     ACCOUNT_FIELDS,
     CLOCK_SLACK,
+    KILL_GRACE,
     CommandResult,
     StateCache,
     UnreadableOutputError,
@@ -421,6 +423,35 @@ def test_run_command_timeout_kills_the_whole_process_group():
     assert time.monotonic() - start < 3
     assert result.returncode == -9
     assert result.stdout == "partial\n"
+
+
+def test_run_command_timeout_of_a_command_that_ignores_sigterm(tmp_path):
+    """A command that ignores SIGTERM and whose child left its process group (setsid) holding
+    the output pipe: ending it after its time-out is bounded too.
+
+    A fake command: a SLURM client that does not end on a signal cannot be made on demand.
+    """
+    pid_file = Path(tmp_path) / "escaped.pid"
+    fake = fake_command(
+        Path(tmp_path) / "bin",
+        "sbatch",
+        f"trap '' TERM\necho partial\nsetsid sleep 60 & echo $! > {pid_file}\n"
+        "while true; do sleep 0.1; done\n",
+    )
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(run_command([fake], timeout=0.5)))
+    start = time.monotonic()
+    thread.start()
+    try:
+        thread.join(30)
+        assert not thread.is_alive(), "run_command still waits for the killed command"
+        assert time.monotonic() - start < 0.5 + 3 * KILL_GRACE + 1
+        assert outcome[0].returncode == -9
+        assert outcome[0].stderr.endswith("timed out after 0.5 s")
+        assert is_transient(outcome[0])
+    finally:
+        wait_for(pid_file.exists, 10, "the escaped child's pid")
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def test_run_command_not_found():

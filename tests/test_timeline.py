@@ -154,3 +154,16 @@ def test_without_matplotlib_or_with_a_bad_name(tmp_path, monkeypatch, capsys):
     assert f"Cannot draw a timeline into {args.timeline}" in err
     assert ".png, .svg, .pdf" in err
     assert not args.timeline.exists()
+
+
+def test_timeline_into_a_missing_folder(jobtools: JobTools):
+    """A chart into a folder that does not exist: a clear error before SLURM is asked, no
+    traceback, and no folder made."""
+    jobtools.submit("a")
+    target = jobtools.workflow.root / "missing/chart.png"
+    result = jobtools.run("jobs", "--timeline", str(target), ".")
+    assert result.returncode != 0
+    assert f"the folder {target.parent} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not target.parent.exists()
+    assert jobtools.calls("squeue") == []

@@ -92,6 +92,9 @@ class Config:
     hopeless_grace
         `STEPUP_SBATCH_HOPELESS_GRACE`: seconds a job may stay pending with a reason that never
         resolves by itself (e.g. `PartitionTimeLimit`) before it is cancelled.
+    runaway_timeout
+        `STEPUP_SBATCH_RUNAWAY_TIMEOUT`: seconds a job may be missing from squeue while the
+        accounting still says it is pending or running (a runaway job) before the step fails.
     cache_dir
         Where the shared scheduler cache lives: `$XDG_CACHE_HOME/stepup-queue`,
         `~/.cache/stepup-queue`, or `STEPUP_QUEUE_CACHE_DIR` when set.
@@ -116,6 +119,7 @@ class Config:
     submit_backoff: float = 10.0
     ret_timeout: float = 60.0
     hopeless_grace: float = 300.0
+    runaway_timeout: float = 600.0
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/stepup-queue").expanduser())
     warnings: tuple[str, ...] = ()
 
@@ -158,6 +162,7 @@ class Config:
             submit_backoff=_read_float(environ, backoff, 10.0),
             ret_timeout=_read_float(environ, "STEPUP_SBATCH_RET_TIMEOUT", 60.0),
             hopeless_grace=_read_float(environ, "STEPUP_SBATCH_HOPELESS_GRACE", 300.0),
+            runaway_timeout=_read_float(environ, "STEPUP_SBATCH_RUNAWAY_TIMEOUT", 600.0),
             cache_dir=_cache_dir(environ),
             warnings=tuple(
                 f"{name} (a variable of the original StepUp Queue 2.x) is ignored: {why}. "

@@ -34,6 +34,8 @@ from datetime import datetime
 
 from path import Path
 
+from .states import FINAL_STATES
+
 __all__ = (
     "FINAL_STATES",
     "FORMAT_LINE",
@@ -51,23 +53,6 @@ __all__ = (
 
 LOG_NAME = "slurmjob.log"
 FORMAT_LINE = "StepUp Queue sbatch wait log format version 2"
-
-# States after which SLURM will not run the job's script again. Not SPECIAL_EXIT: such a job
-# is held (RequeueExitHold) and runs again once released.
-FINAL_STATES = frozenset(
-    {
-        "BOOT_FAIL",
-        "CANCELLED",
-        "COMPLETED",
-        "DEADLINE",
-        "FAILED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "REVOKED",
-        "TIMEOUT",
-    }
-)
 
 _RE_STATE = re.compile(r"[A-Z][A-Z_]*")
 _RE_SUBMITTED = re.compile(r"(?P<id>[0-9]+)(?:;(?P<cluster>[A-Za-z0-9_.-]+))?")

@@ -426,6 +426,8 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
     next_query = time.monotonic() + first_query
     # Since when SLURM keeps the job pending for a reason that never resolves by itself.
     hopeless_since = None
+    # Since when squeue no longer lists the job while the accounting says it has not ended.
+    runaway_since = None
     while True:
         if read_ret() is not None:
             return state
@@ -445,8 +447,28 @@ def _wait(joblog: JobLog, config: Config, first_query: float) -> str | None:
                     state = current
                 if current is None or current in FINAL_STATES:
                     return current
+                listed = joblog.job_id in snapshot.states
+                runaway_since = None if listed else runaway_since or snapshot.time
+                _check_runaway(joblog, current, runaway_since, snapshot.time, config)
                 hopeless_since = _check_hopeless(joblog, snapshot, hopeless_since, config)
         _nap(config, submitted)
+
+
+def _check_runaway(
+    joblog: JobLog, state: str, since: datetime | None, now: datetime, config: Config
+):
+    """Raise a JobError when squeue has not listed the job for too long while the accounting
+    says it is pending or running: SLURM lost the job's end (a runaway job)."""
+    if since is None or (now - since).total_seconds() < config.runaway_timeout:
+        return
+    raise JobError(
+        f"Job {joblog.job_id}{_on_cluster(joblog)} is {state} in SLURM's accounting (sacct), "
+        f"but slurmctld has not listed it for {config.runaway_timeout:g} s "
+        "(STEPUP_SBATCH_RUNAWAY_TIMEOUT): SLURM lost the end of this job, a runaway job. "
+        f"`sacctmgr show runawayjobs` lists it; fixing it there (cluster administrators or "
+        f"operators) records its end, and a new run of the workflow then reports it. "
+        f"See {Path.cwd() / 'slurmjob.err'} for how the job went."
+    )
 
 
 def _check_hopeless(

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
@@ -31,6 +31,7 @@ from typing import NamedTuple, TypeVar
 from path import Path
 
 from .config import Config, ConfigError, QueryMethod
+from .states import is_active
 
 _Parsed = TypeVar("_Parsed")
 
@@ -167,10 +168,40 @@ def run_command(
     try:
         stdout, stderr = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+        stdout, stderr = _stop(proc)
         return CommandResult(command, -9, stdout, f"{stderr}timed out after {timeout:g} s")
     return CommandResult(command, proc.returncode, stdout, stderr)
+
+
+# Seconds a command that timed out gets to end after SIGTERM, and then after SIGKILL.
+KILL_GRACE = 2.0
+
+
+def _stop(proc: subprocess.Popen) -> tuple[str, str]:
+    """End a command that timed out: SIGTERM to its process group, SIGKILL after a grace period.
+
+    Never waits longer than twice the grace period: a process that left the group (e.g. a
+    daemon that rc started) may keep the pipes open, and then the rest of the output is lost.
+
+    Returns
+    -------
+    stdout, stderr
+        What the command printed, as far as it could be read.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            return proc.communicate(timeout=KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            pass
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            with suppress(OSError):
+                pipe.close()
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(KILL_GRACE)
+    return "", "(the rest of its output was lost: a process it started holds it) "
 
 
 def _environment(program: str | None, env: Mapping[str, str] | None) -> dict[str, str]:
@@ -329,7 +360,7 @@ class Listing(NamedTuple):
 
     def active(self) -> list[int]:
         """The jobs listed that have not ended: those that count against a submit limit."""
-        return sorted(job_id for job_id, state in self.states.items() if state in _SQUEUE_ACTIVE)
+        return sorted(job_id for job_id, state in self.states.items() if is_active(state))
 
 
 @dataclass
@@ -429,7 +460,7 @@ def parse_squeue(text: str) -> Listing:
         job_id = _job_id(line, job)
         if job_id is None:
             continue
-        if listing.states.get(job_id) not in _SQUEUE_ACTIVE:
+        if not is_active(listing.states.get(job_id)):
             listing.states[job_id] = state
             if reason not in ("", "None"):
                 listing.reasons[job_id] = reason
@@ -441,27 +472,6 @@ def parse_squeue(text: str) -> Listing:
 
 
 _RE_SQUEUE_LINE = re.compile(r"([^|]*)\|([^|]*)\|(.*?)\|([^|]*)\|(/.*)")
-
-
-# squeue's states of a job that has not ended (squeue(1), JOB STATE CODES).
-_SQUEUE_ACTIVE = frozenset(
-    {
-        "CONFIGURING",
-        "COMPLETING",
-        "PENDING",
-        "REQUEUED",
-        "REQUEUE_FED",
-        "REQUEUE_HOLD",
-        "RESIZING",
-        "RESV_DEL_HOLD",
-        "RUNNING",
-        "SIGNALING",
-        "SPECIAL_EXIT",
-        "STAGE_OUT",
-        "STOPPED",
-        "SUSPENDED",
-    }
-)
 
 
 _RE_SCONTROL_JOB = re.compile(r"^JobId=([0-9]+)\s", re.MULTILINE)

@@ -6,6 +6,7 @@ dependency (`pip install stepup-queue[plot]`), imported only when a chart is dra
 """
 
 import math
+import os
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -83,6 +84,12 @@ def timeline_problem(path: Path) -> str | None:
         return (
             f"Cannot draw a timeline into {path}: the file name must end with "
             f"{', '.join(FORMATS)}, which selects the format."
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return (
+            f"Cannot draw a timeline into {path}: the folder {folder} does not exist. "
+            "Create it first, or name a file in an existing folder."
         )
     try:
         import matplotlib  # noqa: F401
