@@ -321,19 +321,24 @@ FORWARDED = ["HUP", "INT", "QUIT", "ABRT", "USR1", "USR2", "ALRM", "URG", "XCPU"
 FORWARDED += ["VTALRM", "PROF", "WINCH"]
 
 
+# The signals that the tests send to the wrapper.
+SENT = [getattr(signal, f"SIG{name}") for name in FORWARDED] + [signal.SIGTERM]
+
+
 def start_wrapper(
     name: str = "slurmjob.sh", stdin=subprocess.DEVNULL, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
     """Run the wrapper of a script in the job folder with bash, from a file as slurmd does.
 
-    On a cluster, slurmstepd starts the batch shell with SIGINT and SIGQUIT at their defaults;
-    the shell that runs the tests may ignore them, and bash cannot trap an ignored signal.
+    On a cluster, slurmstepd starts the batch shell with every signal at its default; the shell
+    that runs the tests may ignore some (nohup ignores SIGHUP, a shell without job control
+    SIGINT and SIGQUIT in its background jobs), and bash cannot trap an ignored signal.
     The wrapper runs outside a SLURM job, as when the tests themselves run in one, unless
     `env` (added to the environment) says otherwise.
     """
     wrapper = Path("wrapper.sh")
     wrapper.write_text(render_wrapper(read_job_script(name)))
-    saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGQUIT)}
+    saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in SENT}
     env = {key: value for key, value in os.environ.items() if key != "SLURM_JOB_ID"} | (env or {})
     try:
         return subprocess.Popen(
