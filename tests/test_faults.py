@@ -682,3 +682,48 @@ def test_job_found_after_interrupted_submission_is_resumed_later(workflow: Workf
     (record,) = workflow.final_jobs(1)
     assert (record["JobIDRaw"], record["State"]) == (str(job_id), "COMPLETED")
     assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
+
+
+def test_site_sbatch_wrapper_prints_extra_lines(workflow: Workflow, tmp_path):
+    """A site's sbatch wrapper prints notices before and after the job id: one job, success.
+
+    A fake `sbatch` on PATH stands for such a site wrapper around the real sbatch.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho once\n")
+    bindir = Path(tmp_path) / "bin"
+    fake_command(
+        bindir,
+        "sbatch",
+        'echo "Site notice: maintenance on Friday"\n/usr/bin/sbatch "$@" || exit\n'
+        'echo "Your project has 1000 core hours left"\n',
+    )
+    result = workflow.boot(env=with_bin(workflow, bindir))
+    assert result.returncode == 0, result.stdout
+    (record,) = workflow.final_jobs(1)
+    assert read_log(workflow.root / "job/slurmjob.log").job_id == int(record["JobIDRaw"])
+    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
+
+
+def test_sbatch_timeout_with_rc_cluster(workflow: Workflow, tmp_path):
+    """sbatch submits but hangs past the command timeout, rc selects the cluster: the retry
+    finds the job on rc's cluster (logged as `ID;CLUSTER`), and no second job is submitted.
+
+    It used to look on the default cluster; with the one local cluster that found the job, but
+    logged it without its cluster. A fake `sbatch` runs the real one and then hangs: a real
+    sbatch does not hang after submitting on demand.
+    """
+    workflow.plan("""
+        static("job/", "job/slurmjob.sh")
+        sbatch("job/", rc="export SBATCH_CLUSTERS=localcluster")
+    """)
+    workflow.job("job", "#!/usr/bin/env bash\necho once\n")
+    bindir = Path(tmp_path) / "bin"
+    fake_command(bindir, "sbatch", '/usr/bin/sbatch "$@"\nsleep 300\n')
+    env = with_bin(workflow, bindir) | {"STEPUP_SBATCH_COMMAND_TIMEOUT": "5"}
+    result = workflow.boot(env=env)
+    assert result.returncode == 0, result.stdout
+    (record,) = workflow.final_jobs(1)
+    log = read_log(workflow.root / "job/slurmjob.log")
+    assert (log.job_id, log.cluster) == (int(record["JobIDRaw"]), "localcluster")
+    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"

@@ -4,18 +4,28 @@ The limits are set on the real local SLURM (sacctmgr, scontrol) and restored aft
 """
 
 import os
+import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import pytest
-from conftest import FAILED_RC, SIMPLE_PLAN, Workflow, sacct, wait_for
+from conftest import (
+    FAILED_RC,
+    SIMPLE_PLAN,
+    Workflow,
+    fake_command,
+    sacct,
+    submit_as_nobody,
+    wait_for,
+    with_bin,
+)
 from path import Path
 
 from benchmarks.common import diff_counts, sdiag_counts
 from stepup.queue.joblog import read_log
-from stepup.queue.limits import hopeless_fix, is_submit_limit
+from stepup.queue.limits import Refusal, hopeless_fix, refusal_fix, submit_refusal
 
 # What sbatch printed here (slurm-wlm 22.05) at MaxSubmitJobs=3 with three jobs queued.
 SBATCH_AT_SUBMIT_LIMIT = (
@@ -25,19 +35,53 @@ SBATCH_AT_SUBMIT_LIMIT = (
 )
 
 
+# The generic message of ESLURM_ACCOUNTING_POLICY, which sbatch prints after the reason code.
+GENERIC_POLICY = (
+    "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy "
+    "(job submit limit, user's size and/or time limits)\n"
+)
+
+
 @pytest.mark.parametrize(
-    "message",
+    ("message", "refusal"),
     [
-        SBATCH_AT_SUBMIT_LIMIT,
-        "sbatch: error: QOSMaxSubmitJobPerUserLimit\n",
+        (SBATCH_AT_SUBMIT_LIMIT, (Refusal.OWN_LIMIT, "AssocMaxSubmitJobLimit")),
         (
-            "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy "
-            "(job submit limit, user's size and/or time limits)\n"
+            "sbatch: error: QOSMaxSubmitJobPerUserLimit\n",
+            (Refusal.OWN_LIMIT, "QOSMaxSubmitJobPerUserLimit"),
         ),
+        # Printed here (slurm-wlm 22.05) for the QOS and account GrpSubmitJobs and for the
+        # QOS MaxSubmitJobsPerAccount; newer SLURM names the last QOSMaxSubmitJobPerAccountLimit.
+        (
+            f"sbatch: error: AssocGrpSubmitJobsLimit\n{GENERIC_POLICY}",
+            (Refusal.SHARED_LIMIT, "AssocGrpSubmitJobsLimit"),
+        ),
+        (
+            f"sbatch: error: QOSGrpSubmitJobsLimit\n{GENERIC_POLICY}",
+            (Refusal.SHARED_LIMIT, "QOSGrpSubmitJobsLimit"),
+        ),
+        (
+            f"sbatch: error: MaxSubmitJobsPerAccount\n{GENERIC_POLICY}",
+            (Refusal.SHARED_LIMIT, "MaxSubmitJobsPerAccount"),
+        ),
+        (
+            "sbatch: error: QOSMaxSubmitJobPerAccountLimit\n",
+            (Refusal.SHARED_LIMIT, "QOSMaxSubmitJobPerAccountLimit"),
+        ),
+        # Printed here under a QOS with Flags=DenyOnLimit for a job above its MaxWall.
+        (
+            f"sbatch: error: QOSMaxWallDurationPerJobLimit\n{GENERIC_POLICY}",
+            (Refusal.POLICY, "QOSMaxWallDurationPerJobLimit"),
+        ),
+        (
+            f"sbatch: error: QOSMaxCpuPerJobLimit\n{GENERIC_POLICY}",
+            (Refusal.POLICY, "QOSMaxCpuPerJobLimit"),
+        ),
+        (GENERIC_POLICY, (Refusal.UNNAMED, "")),
     ],
 )
-def test_submit_limit_messages(message):
-    assert is_submit_limit(message)
+def test_policy_refusals(message, refusal):
+    assert submit_refusal(message) == refusal
 
 
 @pytest.mark.parametrize(
@@ -48,8 +92,21 @@ def test_submit_limit_messages(message):
         "sbatch: error: Batch job submission failed: Unable to contact slurm controller\n",
     ],
 )
-def test_other_sbatch_errors_are_no_submit_limit(message):
-    assert not is_submit_limit(message)
+def test_other_sbatch_errors_are_no_policy_refusal(message):
+    assert submit_refusal(message) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "fix"),
+    [
+        ("QOSMaxWallDurationPerJobLimit", "lower --time"),
+        ("AssocMaxWallDurationPerJobLimit", "lower --time"),
+        ("QOSMaxCpuPerJobLimit", "lower the request"),
+        ("SomeFutureLimit", "change the request, --account or --qos"),
+    ],
+)
+def test_refusal_fixes(code, fix):
+    assert fix in refusal_fix(code)
 
 
 @pytest.mark.parametrize(
@@ -174,6 +231,164 @@ def test_submit_limit_with_no_job_queued_fails(workflow: Workflow, max_submit):
     assert "AssocMaxSubmitJobLimit" in result.stdout
     assert "while you have no job queued" in result.stdout
     assert workflow.jobs() == []
+
+
+# Other policy refusals (issue 15.3, 15.4): they change the limits of everyone, so serial.
+
+
+def sacctmgr_modify(entity: str, *settings: str):
+    subprocess.run(
+        ["sacctmgr", "-i", "modify", *entity.split(), "set", *settings],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def limits() -> Iterator[Callable[..., None]]:
+    """Set limits with sacctmgr, e.g. `limits("qos normal", "MaxWall=5")`; removed after."""
+    changed = []
+
+    def set_limits(entity: str, *settings: str):
+        changed.append((entity, [f"{setting.split('=')[0]}=-1" for setting in settings]))
+        sacctmgr_modify(entity, *settings)
+
+    try:
+        yield set_limits
+    finally:
+        for entity, resets in reversed(changed):
+            sacctmgr_modify(entity, *resets)
+
+
+@pytest.fixture
+def held_job(tmp_path) -> Iterator[int]:
+    """A held job of the user, queued from outside the workflow; cancelled after the test."""
+    folder = Path(tmp_path) / "held"
+    folder.makedirs_p()
+    result = subprocess.run(
+        ["sbatch", "--parsable", "--hold", "-o", "/dev/null", "--wrap", "sleep 300"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job_id = int(result.stdout)
+    try:
+        yield job_id
+    finally:
+        subprocess.run(["scancel", str(job_id)], check=False)
+
+
+@pytest.fixture
+def colleague(tmp_path) -> Iterator[int]:
+    """A held job of user nobody, in the same account as the user; cancelled after the test."""
+    job_id = submit_as_nobody(Path(tmp_path) / "nobody")
+    try:
+        yield job_id
+    finally:
+        subprocess.run(["scancel", str(job_id)], check=False)
+
+
+@pytest.mark.serial
+def test_per_job_policy_refusal_fails_at_once(workflow: Workflow, limits, held_job):
+    """A job above its QOS's MaxWall under DenyOnLimit fails at once, with sbatch's reason.
+
+    With a job of the user queued, the step used to wait for room as at a submit limit, until
+    it was killed.
+    """
+    limits("qos normal", "Flags=DenyOnLimit", "MaxWall=00:05:00")
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --time=10\necho never\n")
+    start = time.monotonic()
+    result = workflow.boot(timeout=60)
+    assert result.returncode & FAILED_RC, result.stdout
+    assert time.monotonic() - start < 30
+    assert f"SLURM refused {workflow.root / 'job/slurmjob.sh'}" in result.stdout
+    assert "for its policy QOSMaxWallDurationPerJobLimit" in result.stdout
+    assert "lower --time" in result.stdout
+    assert "submit limit is reached" not in result.stdout
+    assert workflow.jobs() == []
+
+
+# The reason code sbatch prints here for each limit on the queued jobs of a group.
+SHARED_LIMITS = {
+    "AssocGrpSubmitJobsLimit": ("account root", "GrpSubmitJobs=1"),
+    "QOSGrpSubmitJobsLimit": ("qos normal", "GrpSubmitJobs=1"),
+    "MaxSubmitJobsPerAccount": ("qos normal", "MaxSubmitJobsPerAccount=1"),
+}
+
+
+def start_at_shared_limit(workflow: Workflow, limits, code: str) -> subprocess.Popen:
+    """Start a workflow of one job under a group limit that a colleague's job fills.
+
+    Returns once the step was refused a few times (with the tests' back-off of 1 s).
+    """
+    limits(*SHARED_LIMITS[code])
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho done > out.txt\n")
+    proc = workflow.popen()
+    log = workflow.root / "job/slurmjob.log"
+    wait_for(lambda: log.exists() and "Submitting" in log.read_text(), 60, "the first sbatch")
+    time.sleep(4)
+    assert proc.poll() is None, proc.communicate()[0]
+    return proc
+
+
+@pytest.mark.serial
+@pytest.mark.parametrize("code", sorted(SHARED_LIMITS))
+def test_shared_submit_limit_waits_for_colleagues(workflow: Workflow, limits, colleague, code):
+    """A group limit filled by a colleague's job: the step waits (the user has no job queued,
+    which used to fail with "probably 0"), and submits once the colleague's job left."""
+    proc = start_at_shared_limit(workflow, limits, code)
+    try:
+        subprocess.run(["scancel", str(colleague)], check=True)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            workflow.kill(proc)
+    assert proc.returncode == 0, stdout
+    assert f"SLURM refused the job: {code}" in stdout
+    assert "probably 0" not in stdout
+    (record,) = workflow.final_jobs(1)
+    assert record["State"] == "COMPLETED"
+    assert (workflow.root / "job/out.txt").read_text() == "done\n"
+
+
+@pytest.mark.serial
+def test_interrupt_while_waiting_for_room(workflow: Workflow, limits, colleague):
+    """Ctrl-C while the step waits for room says that no job was submitted, which is true.
+    It used to say that the job was left alone."""
+    proc = start_at_shared_limit(workflow, limits, "AssocGrpSubmitJobsLimit")
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            workflow.kill(proc)
+    assert "Interrupted while submitting. No job was submitted" in stdout
+    assert "left alone" not in stdout
+    assert workflow.jobs() == []
+
+
+def test_unnamed_policy_refusal_is_tried_a_bounded_number_of_times(workflow: Workflow, tmp_path):
+    """SLURM's generic policy message without a reason code: a few tries, then a clear error.
+
+    A fake `sbatch` prints that message alone, as some sites' sbatch does: SLURM 22.05 here
+    always prints the reason code too.
+    """
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\necho never\n")
+    bindir = Path(tmp_path) / "bin"
+    calls = Path(tmp_path) / "calls"
+    fake_command(
+        bindir, "sbatch", f"echo call >> {calls}\necho {GENERIC_POLICY.strip()!r} >&2\nexit 1\n"
+    )
+    env = with_bin(workflow, bindir) | {"STEPUP_SBATCH_SUBMIT_RETRIES": "2"}
+    result = workflow.boot(env=env, timeout=60)
+    assert result.returncode & FAILED_RC, result.stdout
+    assert f"SLURM refused {workflow.root / 'job/slurmjob.sh'} 3 times" in result.stdout
+    assert "STEPUP_SBATCH_SUBMIT_RETRIES" in result.stdout
+    assert calls.read_text().count("call") == 3
 
 
 # Jobs that can never start.

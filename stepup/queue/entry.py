@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from path import Path
 
 from .config import Config, OnChange
-from .lifecycle import JobError, run_job
+from .lifecycle import JobError, SubmitInterrupted, run_job
 
 __all__ = (
     "HOST_VARIABLES",
@@ -131,6 +131,16 @@ def run_step(words: list[str], prog: str, rerun: str) -> int:
             "a job submitted before the error is found again, not submitted twice.",
             file=sys.stderr,
         )
+        return 1
+    except SubmitInterrupted as exc:
+        if exc.maybe_submitted:
+            what = (
+                f"The submission may have reached SLURM: a new `{rerun}` looks for its job "
+                "before it submits again, and waits for it."
+            )
+        else:
+            what = f"No job was submitted: a new `{rerun}` submits it."
+        print(f"Interrupted while submitting. {what}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(

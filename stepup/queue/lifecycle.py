@@ -23,7 +23,7 @@ from .joblog import (
     record_submitted,
     start_log,
 )
-from .limits import hopeless_fix, is_submit_limit
+from .limits import Refusal, hopeless_fix, refusal_fix, submit_refusal
 from .scheduler import (
     CommandResult,
     Snapshot,
@@ -41,7 +41,7 @@ from .scheduler import (
 )
 from .wrapper import RET_NAME, JobScript, read_job_script, read_ret, render_wrapper
 
-__all__ = ("JobError", "run_job")
+__all__ = ("JobError", "SubmitInterrupted", "run_job")
 
 # States in which the job script was running and ended by itself, so slurmjob.ret should hold
 # its exit code (perhaps after a delay of the shared file system).
@@ -50,6 +50,21 @@ _SCRIPT_ENDED = frozenset({"COMPLETED", "FAILED"})
 
 class JobError(RuntimeError):
     """The job cannot be submitted or did not end well. The message says why and what to do."""
+
+
+class SubmitInterrupted(KeyboardInterrupt):
+    """Interrupted before the job's id was known.
+
+    Attributes
+    ----------
+    maybe_submitted
+        False when no submission can have reached SLURM (e.g. while waiting for room under a
+        submit limit), True when one may have (sbatch was cut off, or did not answer).
+    """
+
+    def __init__(self, maybe_submitted: bool):
+        super().__init__()
+        self.maybe_submitted = maybe_submitted
 
 
 def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str, str]) -> int:
@@ -87,12 +102,10 @@ def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str
     # Absolute paths, so that every message names the file in full.
     log_path = Path.cwd() / LOG_NAME
     joblog = read_log(log_path) if log_path.exists() else None
-    sbatch_env = env
+    script = read_job_script(f"slurmjob{ext}", env)
     if rc is not None and joblog is not None and joblog.interrupted:
-        # The interrupted submission went where rc sent sbatch (e.g. `module swap cluster/NAME`
-        # sets SLURM_CLUSTERS): its job is looked for there.
-        sbatch_env = environment_after_rc(rc, config.command_timeout, env) or env
-    script = read_job_script(f"slurmjob{ext}", sbatch_env)
+        # The interrupted submission went where rc sent sbatch: its job is looked for there.
+        script = _after_rc(script, rc, config, env)
     StateCache(config, None).check_writable()
     # A job of the old inputs that was cancelled just now, which SLURM may still list.
     replaced = None
@@ -161,6 +174,16 @@ def _current_state(joblog: JobLog, snapshot: Snapshot, config: Config) -> str | 
     if why is not None:
         raise _reused(joblog, why)
     return current
+
+
+def _after_rc(script: JobScript, rc: str, config: Config, env: dict[str, str]) -> JobScript:
+    """The job script with the clusters that sbatch submits it to after rc.
+
+    An rc such as `module swap cluster/NAME` sets SLURM_CLUSTERS for sbatch only, so rc runs
+    once more to see the environment that sbatch got.
+    """
+    sbatch_env = environment_after_rc(rc, config.command_timeout, env) or env
+    return read_job_script(script.path, sbatch_env)
 
 
 def _on_cluster(joblog: JobLog) -> str:
@@ -264,62 +287,140 @@ def _submit_once(
     retries = 0
     # The number of the user's queued jobs at which sbatch refused for a submit limit.
     limit = None
-    while retries <= config.submit_retries:
-        if lookup:
-            certain, job_id = find_by_token(token, script.clusters, since, config)
-            if job_id is not None:
-                suffix = "" if script.cluster is None else f";{script.cluster}"
-                record_submitted(joblog.path, f"{job_id}{suffix}")
-                return "Found the interrupted submission's"
-            if not certain:
-                retries = _back_off(retries, config)
+    # Refusals that are waited out with a back-off (see _pause_after_refusal).
+    refusals = 0
+    # Whether the clusters of the script are those that sbatch submits to after rc.
+    rc_seen = rc is None or lookup
+    try:
+        while retries <= config.submit_retries:
+            if lookup:
+                certain, job_id = find_by_token(token, script.clusters, since, config)
+                if job_id is not None:
+                    suffix = "" if script.cluster is None else f";{script.cluster}"
+                    record_submitted(joblog.path, f"{job_id}{suffix}")
+                    return "Found the interrupted submission's"
+                if not certain:
+                    retries = _back_off(retries, config)
+                    continue
+            if limit is not None:
+                _wait_for_room(cache, limit, config)
+            with cache.submit_turn() if limit is not None else nullcontext():
+                snapshot = cache.snapshot()
+                if limit is not None and (
+                    not snapshot.ok or len(snapshot.listing.active()) >= limit
+                ):
+                    # Another step took the room.
+                    continue
+                # Without an answer, trust the log: SLURM's answer only adds a safety check.
+                if snapshot.ok:
+                    _check_no_live_job(snapshot, script.cluster, {token, replaced}, config)
+                if token is None:
+                    token = f"stepup-queue-{os.urandom(8).hex()}"
+                    since = append_record(joblog.path, f"Submitting {token}")
+                lookup = True
+                # An exit code left by an earlier job must never be taken for this submission's.
+                Path(RET_NAME).write_text("")
+                refused = datetime.now()
+                result = submit(
+                    wrapper, rc=rc, token=token, timeout=config.command_timeout, env=env
+                )
+                if result.returncode == 0:
+                    submitted = _submitted_line(result)
+                    record_submitted(joblog.path, submitted)
+                    if limit is not None:
+                        cache.record_submission(parse_submitted(submitted)[0], token)
+                    return "Submitted"
+            refusal = submit_refusal(result.stderr + result.stdout)
+            if refusal is not None:
+                # A clear refusal: no job carries the token.
+                lookup = False
+                if refusal[0] is Refusal.OWN_LIMIT:
+                    limit = _limit_at_refusal(cache, refused, result, config)
+                else:
+                    limit = None
+                    refusals += 1
+                    where = Path.cwd() / script.path
+                    _pause_after_refusal(refusal, refusals, result, where, config)
                 continue
-        if limit is not None:
-            _wait_for_room(cache, limit, config)
-        with cache.submit_turn() if limit is not None else nullcontext():
-            snapshot = cache.snapshot()
-            if limit is not None and (not snapshot.ok or len(snapshot.listing.active()) >= limit):
-                # Another step took the room.
-                continue
-            # Without an answer, trust the log: SLURM's answer only adds a safety check.
-            if snapshot.ok:
-                _check_no_live_job(snapshot, script.cluster, {token, replaced}, config)
-            if token is None:
-                token = f"stepup-queue-{os.urandom(8).hex()}"
-                since = append_record(joblog.path, f"Submitting {token}")
-            lookup = True
-            # An exit code left by an earlier job must never be taken for this submission's.
-            Path(RET_NAME).write_text("")
-            refused = datetime.now()
-            result = submit(wrapper, rc=rc, token=token, timeout=config.command_timeout, env=env)
-            if result.returncode == 0:
-                lines = result.stdout.strip().splitlines()
-                submitted = lines[-1].strip() if lines else ""
-                try:
-                    job_id, _ = parse_submitted(submitted)
-                except ValueError:
-                    raise JobError(
-                        f"sbatch succeeded but printed {result.stdout!r} instead of a job id. "
-                        "Does the rc command print to standard output? Send its output "
-                        "elsewhere."
-                    ) from None
-                record_submitted(joblog.path, submitted)
-                if limit is not None:
-                    cache.record_submission(job_id, token)
-                return "Submitted"
-        if is_submit_limit(result.stderr + result.stdout):
-            # A clear refusal: no job carries the token.
-            lookup = False
-            limit = _limit_at_refusal(cache, refused, result, config)
-            continue
-        failure = result
-        if not is_transient(result):
-            break
-        if config.debug:
-            print(f"Transient failure, retrying: {result.describe()}")
-        retries = _back_off(retries, config)
+            failure = result
+            if not is_transient(result):
+                break
+            if not rc_seen:
+                # sbatch may have submitted (e.g. it timed out) where rc sent it: look there.
+                script = _after_rc(script, rc, config, env)
+                cache = StateCache(config, script.cluster)
+                rc_seen = True
+            if config.debug:
+                print(f"Transient failure, retrying: {result.describe()}")
+            retries = _back_off(retries, config)
+    except KeyboardInterrupt:
+        raise SubmitInterrupted(lookup) from None
     detail = failure.describe() if failure is not None else "SLURM could not be reached"
     raise JobError(f"Could not submit {Path.cwd() / script.path}: {detail}")
+
+
+def _submitted_line(result: CommandResult) -> str:
+    """The job id that sbatch printed: the last line of its output that is `ID` or `ID;CLUSTER`.
+
+    A site's sbatch wrapper (or rc) may print other lines before or after it.
+    """
+    for line in reversed(result.stdout.splitlines()):
+        try:
+            parse_submitted(line)
+        except ValueError:
+            continue
+        return line.strip()
+    raise JobError(
+        f"sbatch succeeded but printed {result.stdout!r} instead of a job id. "
+        "Does the rc command print to standard output? Send its output elsewhere."
+    )
+
+
+def _pause_after_refusal(
+    refusal: tuple[Refusal, str], count: int, result: CommandResult, where: Path, config: Config
+):
+    """Wait before sbatch is tried again after a policy refusal, or raise a JobError.
+
+    Under a limit on the queued jobs of a group, account or QOS, colleagues' jobs count too:
+    the user's own queue says nothing about when room appears, so sbatch is tried again after
+    a pause that doubles up to `submit_backoff * 2**submit_retries`. SLURM's generic message
+    without a reason code may or may not be such a limit: it is tried `submit_retries` times.
+    Any other refusal fails at once: the job breaks the policy by itself.
+    """
+    kind, code = refusal
+    if kind is Refusal.POLICY:
+        raise JobError(
+            f"SLURM refused {where} for its policy {code}, which the job breaks by itself, so "
+            f"waiting would not help: {result.describe()}. Likely fix: {refusal_fix(code)}."
+        )
+    if kind is Refusal.UNNAMED and count > config.submit_retries:
+        raise JobError(
+            f"SLURM refused {where} {count} times for an accounting/QOS policy without naming "
+            f"it: {result.describe()}. Either a limit on queued jobs stayed reached, or the job "
+            f"breaks a limit by itself. Likely fix: {_UNNAMED_FIX} "
+            "(STEPUP_SBATCH_SUBMIT_RETRIES sets how often such a refusal is tried again)."
+        )
+    if count == 1:
+        if kind is Refusal.SHARED_LIMIT:
+            print(
+                f"SLURM refused the job: {code}, a limit on the queued jobs of your group, "
+                "account or QOS, is reached (your colleagues' jobs count too). Trying again "
+                "after a pause that grows with each refusal."
+            )
+        else:
+            print(
+                "SLURM refused the job for an accounting/QOS policy without naming it: "
+                f"trying again up to {config.submit_retries} times (STEPUP_SBATCH_SUBMIT_RETRIES)."
+            )
+    time.sleep(config.submit_backoff * 2 ** min(count - 1, config.submit_retries))
+
+
+# After SLURM's generic policy message alone.
+_UNNAMED_FIX = (
+    "compare the job's request (--time, size) with the limits of your association and QOS "
+    "(`sacctmgr show assoc user=$USER`, `sacctmgr show qos`), and see how many jobs are "
+    "queued (squeue)"
+)
 
 
 def _back_off(retries: int, config: Config) -> int:
@@ -376,9 +477,9 @@ def _limit_at_refusal(
     if queued == 0:
         raise JobError(
             f"sbatch refused {Path.cwd()} for a submit limit, while you have no job queued: "
-            f"{result.describe()}. The limit on queued jobs of your user, account or QOS is "
-            "probably 0: ask your cluster's administrators, or submit under another account "
-            "or QOS (#SBATCH -A / --qos in the job script)."
+            f"{result.describe()}. Your limit on queued jobs (of your user in your association "
+            "or QOS) is probably 0: ask your cluster's administrators, or submit under another "
+            "account or QOS (#SBATCH -A / --qos in the job script)."
         )
     print(
         f"SLURM refused the job: a submit limit is reached with {queued} of your jobs queued. "

@@ -4,20 +4,82 @@ The reason codes come from `man squeue` (JOB REASON CODES) and SLURM's resource 
 """
 
 import re
+from enum import Enum
 
-__all__ = ("hopeless_fix", "is_submit_limit")
+__all__ = ("Refusal", "hopeless_fix", "refusal_fix", "submit_refusal")
 
-# sbatch's refusals because the user, account or QOS already has the maximum number of jobs in
-# the queue: they go away when jobs leave the queue. The last one is SLURM's generic message
-# (ESLURM_ACCOUNTING_POLICY), printed alone by some sites.
-_SUBMIT_LIMITS = (
-    "assocmaxsubmitjoblimit",
-    "assocgrpsubmitjobslimit",
-    "qosmaxsubmitjobperuserlimit",
-    "qosmaxsubmitjobperaccountlimit",
-    "qosgrpsubmitjobslimit",
-    "job submit limit",
+
+class Refusal(Enum):
+    """Why sbatch refused a job for an accounting or QOS policy, and so what helps."""
+
+    # A limit on the queued jobs of the user alone: room appears when one of them leaves.
+    OWN_LIMIT = "own"
+    # A limit on the queued jobs of a group, account or QOS: colleagues' jobs count too.
+    SHARED_LIMIT = "shared"
+    # SLURM's generic policy message without a reason code: a limit on queued jobs or not.
+    UNNAMED = "unnamed"
+    # Anything else, e.g. a per-job limit under DenyOnLimit: the job breaks it by itself.
+    POLICY = "policy"
+
+
+# sbatch prints the reason code of a policy refusal on a line of its own, before the generic
+# message of ESLURM_ACCOUNTING_POLICY, e.g. `sbatch: error: AssocMaxSubmitJobLimit`.
+_RE_REASON = re.compile(r"^sbatch: error: ([A-Za-z]+)\s*$", re.MULTILINE)
+_GENERIC = "job violates accounting/qos policy"
+_OWN_LIMITS = frozenset({"AssocMaxSubmitJobLimit", "QOSMaxSubmitJobPerUserLimit"})
+# MaxSubmitJobsPerAccount is what slurm-wlm 22.05 prints for QOSMaxSubmitJobPerAccountLimit.
+_SHARED_LIMITS = frozenset(
+    {
+        "AssocGrpSubmitJobsLimit",
+        "QOSGrpSubmitJobsLimit",
+        "QOSMaxSubmitJobPerAccountLimit",
+        "MaxSubmitJobsPerAccount",
+    }
 )
+_RE_WALL = re.compile(r"(Assoc|QOS)MaxWallDurationPerJobLimit")
+_WALL_FIX = (
+    "lower --time in the job script to at most the MaxWall of your QOS or association "
+    "(`sacctmgr show qos`, `sacctmgr show assoc user=$USER`), or pick a QOS that allows it "
+    "(--qos)"
+)
+_POLICY_FIX = (
+    "compare the job's request with the limits of your association and QOS "
+    "(`sacctmgr show assoc user=$USER`, `sacctmgr show qos`) and change the request, "
+    "--account or --qos"
+)
+
+
+def submit_refusal(message: str) -> tuple[Refusal, str] | None:
+    """Tell an accounting or QOS policy refusal of sbatch from its error message.
+
+    Parameters
+    ----------
+    message
+        What the failed sbatch printed.
+
+    Returns
+    -------
+    refusal, code
+        The kind of refusal and sbatch's reason code (empty when it printed none);
+        `None` when the message is no policy refusal.
+    """
+    match = _RE_REASON.search(message)
+    code = "" if match is None else match.group(1)
+    if code in _OWN_LIMITS:
+        return Refusal.OWN_LIMIT, code
+    if code in _SHARED_LIMITS:
+        return Refusal.SHARED_LIMIT, code
+    if _GENERIC not in message.lower():
+        return None
+    return (Refusal.POLICY, code) if code else (Refusal.UNNAMED, code)
+
+
+def refusal_fix(code: str) -> str:
+    """The likely fix for a policy refusal that waiting does not resolve."""
+    if _RE_WALL.fullmatch(code):
+        return _WALL_FIX
+    return hopeless_fix(code) or _POLICY_FIX
+
 
 # Pending reasons that never resolve without a change to the job or by an administrator,
 # each with the likely fix. Not here, because they resolve by themselves: Priority, Resources,
@@ -47,12 +109,6 @@ _PER_JOB_FIX = (
     "the job asks more than one job may under your association or QOS: lower the request "
     "(see `sacctmgr show assoc user=$USER` and `sacctmgr show qos`)"
 )
-
-
-def is_submit_limit(message: str) -> bool:
-    """True when sbatch's error message says that a submit limit was reached."""
-    text = message.lower()
-    return any(part in text for part in _SUBMIT_LIMITS)
 
 
 def hopeless_fix(reason: str) -> str | None:
