@@ -263,22 +263,25 @@ def test_api_reference():
 
 
 def code_lines(path: Path) -> list[tuple[int, str]]:
-    """The lines inside fenced code blocks of a Markdown file."""
+    """The lines inside fenced code blocks of a Markdown file, without the fence's indentation."""
     lines = []
     fence = None
+    indent = 0
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         stripped = line.strip()
         if fence is None and stripped.startswith("```"):
             fence = stripped[: len(stripped) - len(stripped.lstrip("`"))]
+            indent = len(line) - len(line.lstrip())
         elif fence is not None and stripped == fence:
             fence = None
         elif fence is not None:
-            lines.append((lineno, line))
+            lines.append((lineno, line[indent:]))
     return lines
 
 
-# Wider code lines scroll sideways in the rendered site at a width of 1280 pixels.
-MAX_CODE_WIDTH = 90
+# Wider code lines scroll sideways in the rendered site at a width of 1280 pixels (checked in
+# a browser: 80 characters fit, 82 do not).
+MAX_CODE_WIDTH = 80
 
 
 @pytest.mark.parametrize(
@@ -287,12 +290,8 @@ MAX_CODE_WIDTH = 90
     ids=lambda path: str(path.relpath(ROOT)),
 )
 def test_code_blocks_fit(path: Path):
-    """No line of a code block is wider than MAX_CODE_WIDTH (indentation of lists excluded)."""
-    wide = [
-        (lineno, line)
-        for lineno, line in code_lines(path)
-        if len(line.strip()) > MAX_CODE_WIDTH and len(line) - 4 > MAX_CODE_WIDTH
-    ]
+    """No line of a code block is wider than MAX_CODE_WIDTH."""
+    wide = [(lineno, line) for lineno, line in code_lines(path) if len(line) > MAX_CODE_WIDTH]
     assert wide == []
 
 
