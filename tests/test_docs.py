@@ -286,7 +286,7 @@ MAX_CODE_WIDTH = 80
 
 @pytest.mark.parametrize(
     "path",
-    [*sorted(DOCS.glob("**/*.md")), ROOT / "README.md"],
+    [*sorted(DOCS.walkfiles("*.md")), ROOT / "README.md"],
     ids=lambda path: str(path.relpath(ROOT)),
 )
 def test_code_blocks_fit(path: Path):
@@ -297,7 +297,7 @@ def test_code_blocks_fit(path: Path):
 
 @pytest.mark.parametrize(
     "path",
-    sorted(p for p in (DOCS / "examples").glob("**/*") if p.is_file() and p.suffix != ".md"),
+    sorted(p for p in (DOCS / "examples").walkfiles() if p.suffix != ".md"),
     ids=lambda path: str(path.relpath(ROOT)),
 )
 def test_example_files_fit(path: Path):
