@@ -4,7 +4,8 @@ from stepup.core.api import mkdir, render_jinja, static
 
 from stepup.queue.api import sbatch
 
-static("pass/", "pass/slurmjob.py", "fail/", "fail/slurmjob.sh", "sweep.sh", "rc.sh")
+static("pass/", "pass/slurmjob.py", "fail/", "fail/slurmjob.sh")
+static("sweep.sh", "rc.sh")
 
 # A static job script written in Python.
 sbatch("pass/", ext=".py", out="pi.txt")
@@ -12,7 +13,8 @@ sbatch("pass/", ext=".py", out="pi.txt")
 # A static job script that fails: this step fails with the script's exit code.
 sbatch("fail/")
 
-# Three job scripts rendered from one template, each submitted after running rc.sh.
+# Three job scripts rendered from one template, each submitted after running
+# rc.sh.
 mkdir("sweep/")
 for value in 1, 2, 3:
     folder = f"sweep/value{value}/"

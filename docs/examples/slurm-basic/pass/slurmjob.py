@@ -4,7 +4,7 @@
 #SBATCH --ntasks=1
 #SBATCH --time=00:05:00
 # fmt: on
-"""A job script in Python: estimate pi with a midpoint rule and write it to pi.txt."""
+"""A job script in Python: estimate pi (midpoint rule), write it to pi.txt."""
 
 n = 1_000_000
 pi = sum(4 / (1 + ((i + 0.5) / n) ** 2) for i in range(n)) / n
