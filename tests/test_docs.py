@@ -29,6 +29,8 @@ NOT_ON_PAGE = {
     ": skipped.": "`PATH does not exist: skipped.`, on the page under 'The job tools'",
     "job": "`Submitted job ID` and the like, on the page under 'Messages of a step that goes well'",
     "rc=": "the debug line of a query (STEPUP_SBATCH_DEBUG), on the page",
+    "Warning:": "the prefix of a warning of the configuration, whose text is on the page",
+    "(StepUp Queue VAR)": "the answer of --version, not a message",
 }
 # Builtin exceptions whose messages reach the user (the step prints `Error: <message>`).
 BUILTIN_ERRORS = {"ValueError", "RuntimeError"}
@@ -228,7 +230,7 @@ def test_configuration_page_lists_every_variable():
     """Every environment variable that the package reads has its own entry, exactly once."""
     page = (DOCS / "configuration.md").read_text()
     source = "".join(package_sources().values())
-    names = set(re.findall(r"\bSTEPUP_(?:QUEUE|SBATCH)_[A-Z_]*[A-Z]\b", source))
+    names = set(re.findall(r"\bSTEPUP_(?:QUEUE|SBATCH|SACCT)_[A-Z_]*[A-Z]\b", source))
     assert "STEPUP_SBATCH_CACHE_TIMEOUT" in names
     entries = re.findall(r"^`(STEPUP_\w+)` \{#(\w+)\}$", page, re.MULTILINE)
     assert sorted(name for name, _ in entries) == sorted(names)

@@ -51,7 +51,7 @@ def test_help(jobtools: JobTools):
             assert option in text
         assert "This tool changes nothing." in text
         # argparse may break the line after `stepup-`.
-        assert "pipinstallstepup-queue[plot]" in "".join(text.split())
+        assert "pipinstallmatplotlib" in "".join(text.split())
 
 
 def test_table_and_json_match_sacct(jobtools: JobTools):

@@ -146,7 +146,7 @@ def test_without_matplotlib_or_with_a_bad_name(tmp_path, monkeypatch, capsys):
     assert jobs_tool(args) == 2
     err = capsys.readouterr().err
     assert err.strip().endswith(PLOT_HINT)
-    assert PLOT_HINT == "pip install stepup-queue[plot]"
+    assert PLOT_HINT == "pip install matplotlib"
     monkeypatch.undo()
     args.timeline = Path(tmp_path) / "t.jpg"
     assert jobs_tool(args) == 2

@@ -316,7 +316,7 @@ def _add_arguments(parser: argparse.ArgumentParser):
         metavar="FILE",
         help="Also draw the jobs as a timeline chart (one bar per job: queued, then running) "
         "into FILE, a .png, .svg or .pdf file. Needs matplotlib: "
-        "pip install stepup-queue[plot].",
+        "pip install matplotlib (the plot extra of stepup-queue).",
     )
 
 

@@ -2,7 +2,7 @@
 
 One bar per job, folder names on the y axis, time on the x axis: a light part while the job
 queued, a dark part while it ran, colored by its end state. matplotlib is an optional
-dependency (`pip install stepup-queue[plot]`), imported only when a chart is drawn.
+dependency (`pip install matplotlib`, the plot extra), imported only when a chart is drawn.
 """
 
 import math
@@ -17,7 +17,7 @@ from .tables import shorten_middle
 
 __all__ = ("FORMATS", "PLOT_HINT", "Bar", "draw_timeline", "timeline_bars", "timeline_problem")
 
-PLOT_HINT = "pip install stepup-queue[plot]"
+PLOT_HINT = "pip install matplotlib"
 FORMATS = (".png", ".svg", ".pdf")
 
 # Colors of matplotlib's default cycle, by what the end state means for the user.
