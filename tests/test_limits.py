@@ -312,9 +312,9 @@ def test_per_job_policy_refusal_fails_at_once(workflow: Workflow, limits, held_j
 
 # The reason code sbatch prints here for each limit on the queued jobs of a group.
 SHARED_LIMITS = {
-    "AssocGrpSubmitJobsLimit": ("account root", "GrpSubmitJobs=1"),
-    "QOSGrpSubmitJobsLimit": ("qos normal", "GrpSubmitJobs=1"),
-    "MaxSubmitJobsPerAccount": ("qos normal", "MaxSubmitJobsPerAccount=1"),
+    "AssocGrpSubmitJobsLimit": ("account root", "GrpSubmitJobs"),
+    "QOSGrpSubmitJobsLimit": ("qos normal", "GrpSubmitJobs"),
+    "MaxSubmitJobsPerAccount": ("qos normal", "MaxSubmitJobsPerAccount"),
 }
 
 
@@ -322,8 +322,14 @@ def start_at_shared_limit(workflow: Workflow, limits, code: str) -> subprocess.P
     """Start a workflow of one job under a group limit that a colleague's job fills.
 
     Returns once the step was refused a few times (with the tests' back-off of 1 s).
+    The limit is the number of jobs queued now (all in account root and QOS normal here), so
+    that a job left by another test cannot keep the room from appearing.
     """
-    limits(*SHARED_LIMITS[code])
+    queued = subprocess.run(
+        ["squeue", "-h", "-t", "PD,R,S,CF", "-o", "%i"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    entity, setting = SHARED_LIMITS[code]
+    limits(entity, f"{setting}={max(len(queued), 1)}")
     workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\necho done > out.txt\n")
     proc = workflow.popen()
