@@ -18,6 +18,7 @@ from conftest import (
     Workflow,
     fake_command,
     sacct,
+    scontrol_state,
     submit_as_nobody,
     wait_for,
     with_bin,
@@ -26,7 +27,13 @@ from path import Path
 
 from benchmarks.common import diff_counts, sdiag_counts
 from stepup.queue.joblog import read_log
-from stepup.queue.limits import Refusal, hopeless_fix, refusal_fix, submit_refusal
+from stepup.queue.limits import (
+    Refusal,
+    admitting_partitions,
+    hopeless_fix,
+    refusal_fix,
+    submit_refusal,
+)
 
 # What sbatch printed here (slurm-wlm 22.05) at MaxSubmitJobs=3 with three jobs queued.
 SBATCH_AT_SUBMIT_LIMIT = (
@@ -450,6 +457,96 @@ def test_partition_time_limit_is_cancelled(workflow: Workflow, tiny_partition):
     result = workflow.boot(env={"STEPUP_SBATCH_HOPELESS_GRACE": str(GRACE)})
     check_cancelled_within_grace(workflow, result, "PartitionTimeLimit")
     assert "the requested --time is above the partition's MaxTime" in result.stdout
+
+
+@pytest.fixture
+def two_partitions() -> Iterator[tuple[str, str]]:
+    """A small (MaxTime=1) and a big (MaxTime=10, down) partition; removed after the test."""
+    names = ("sq_small", "sq_big")
+    for name, settings in zip(names, (["MaxTime=1"], ["MaxTime=10", "State=DOWN"]), strict=True):
+        subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True)
+        subprocess.run(
+            ["scontrol", "create", f"PartitionName={name}", "Nodes=ALL", *settings], check=True
+        )
+    try:
+        yield names
+    finally:
+        for name in names:
+            subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True)
+
+
+def test_job_that_another_partition_can_run_is_not_cancelled(workflow: Workflow, two_partitions):
+    """`-p big,small` with a --time above small's MaxTime: while big is down, squeue shows
+    small's PartitionTimeLimit. The job is not cancelled, and runs once big is up.
+    It used to be cancelled after the grace period."""
+    small, big = two_partitions
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job(
+        "job", f"#!/usr/bin/env bash\n#SBATCH -p {big},{small}\n#SBATCH --time=5\necho x\n"
+    )
+    proc = workflow.popen(env={"STEPUP_SBATCH_HOPELESS_GRACE": str(GRACE)})
+    try:
+        log = workflow.root / "job/slurmjob.log"
+        wait_for(lambda: log.exists() and "Submitted" in log.read_text(), 60, "the submission")
+        job_id = read_log(log).job_id
+        squeue = ["squeue", "-h", "-j", str(job_id), "-o", "%r"]
+
+        def reason() -> str:
+            return subprocess.run(squeue, capture_output=True, text=True).stdout.strip()
+
+        wait_for(lambda: reason() == "PartitionTimeLimit", 60, "the reason PartitionTimeLimit")
+        # Three grace periods and cache periods: the old code had cancelled it by then.
+        deadline = time.monotonic() + 3 * (GRACE + 2 * CACHE_TIMEOUT)
+        while time.monotonic() < deadline:
+            assert scontrol_state(job_id) == "PENDING"
+            time.sleep(0.5)
+        subprocess.run(["scontrol", "update", f"PartitionName={big}", "State=UP"], check=True)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            workflow.kill(proc)
+    assert proc.returncode == 0, stdout
+    assert f"Job {job_id} pends with SLURM's reason PartitionTimeLimit, but it may run" in stdout
+    (record,) = workflow.final_jobs(1)
+    assert record["State"] == "COMPLETED"
+
+
+def test_job_that_no_partition_can_run_is_cancelled(workflow: Workflow, two_partitions):
+    """`-p big,small` with a --time above both MaxTimes is cancelled after the grace period."""
+    small, big = two_partitions
+    subprocess.run(["scontrol", "update", f"PartitionName={big}", "State=UP"], check=True)
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job(
+        "job", f"#!/usr/bin/env bash\n#SBATCH -p {big},{small}\n#SBATCH --time=20\necho x\n"
+    )
+    result = workflow.boot(env={"STEPUP_SBATCH_HOPELESS_GRACE": str(GRACE)})
+    check_cancelled_within_grace(workflow, result, "PartitionTimeLimit")
+
+
+@pytest.mark.parametrize(
+    ("job", "admitting"),
+    [
+        ({"Partition": "big,small", "TimeLimit": "00:05:00", "NumNodes": "1"}, ["big"]),
+        ({"Partition": "small", "TimeLimit": "00:05:00", "NumNodes": "1"}, []),
+        ({"Partition": "big,small", "TimeLimit": "00:00:30", "NumNodes": "1"}, ["big", "small"]),
+        ({"Partition": "big", "TimeLimit": "UNLIMITED", "NumNodes": "1"}, []),
+        ({"Partition": "big", "TimeLimit": "1-00:00:00", "NumNodes": "1"}, []),
+        ({"Partition": "big", "TimeLimit": "00:05:00", "NumNodes": "2-2"}, []),
+        ({"Partition": "open", "TimeLimit": "UNLIMITED", "NumNodes": "2"}, ["open"]),
+        ({"Partition": "hidden", "TimeLimit": "00:05:00", "NumNodes": "1"}, ["hidden"]),
+    ],
+)
+def test_admitting_partitions(job, admitting):
+    """Key-value pairs as `scontrol show partition -o` prints them (slurm-wlm 22.05)."""
+    partitions = [
+        {"PartitionName": "small", "MaxTime": "00:01:00", "MinNodes": "1", "MaxNodes": "UNLIMITED",
+         "TotalNodes": "1", "State": "UP"},
+        {"PartitionName": "big", "MaxTime": "00:10:00", "MinNodes": "1", "MaxNodes": "UNLIMITED",
+         "TotalNodes": "1", "State": "DOWN"},
+        {"PartitionName": "open", "MaxTime": "UNLIMITED", "MinNodes": "0", "MaxNodes": "UNLIMITED",
+         "TotalNodes": "4", "State": "UP"},
+    ]  # fmt: skip
+    assert admitting_partitions(job, partitions) == admitting
 
 
 def test_dependency_never_satisfied_is_cancelled(workflow: Workflow):

@@ -23,7 +23,14 @@ from .joblog import (
     record_submitted,
     start_log,
 )
-from .limits import Refusal, hopeless_fix, refusal_fix, submit_refusal
+from .limits import (
+    PARTITION_REASONS,
+    Refusal,
+    admitting_partitions,
+    hopeless_fix,
+    refusal_fix,
+    submit_refusal,
+)
 from .scheduler import (
     CommandResult,
     Snapshot,
@@ -36,6 +43,7 @@ from .scheduler import (
     query_jobs,
     requeue_exit_codes,
     sacct_records,
+    show_records,
     stranger,
     submit,
 )
@@ -590,6 +598,16 @@ def _check_hopeless(
     since = since or snapshot.time
     if (snapshot.time - since).total_seconds() < config.hopeless_grace:
         return since
+    if reason in PARTITION_REASONS:
+        admitting = _admitting_partitions(joblog, config)
+        if admitting != []:
+            what = "SLURM could not be asked" if admitting is None else ", ".join(admitting)
+            print(
+                f"Job {joblog.job_id} pends with SLURM's reason {reason}, but it may run in "
+                f"another of its partitions ({what}): not cancelled, still waiting."
+            )
+            # Look again after another grace period.
+            return snapshot.time
     for result in cancel([joblog.job_id], joblog.cluster, config.command_timeout):
         if result.returncode != 0:
             raise JobError(
@@ -606,6 +624,16 @@ def _check_hopeless(
         f"{fix}. Then clear the job folder (stepup removejobs --commit) and run the "
         "workflow again."
     )
+
+
+def _admitting_partitions(joblog: JobLog, config: Config) -> list[str] | None:
+    """The partitions of a pending job that admit it (see `admitting_partitions`), `None`
+    when SLURM did not tell."""
+    jobs = show_records("job", joblog.job_id, joblog.cluster, config.command_timeout)
+    partitions = show_records("partition", None, joblog.cluster, config.command_timeout)
+    if not jobs or partitions is None:
+        return None
+    return admitting_partitions(jobs[0], partitions)
 
 
 def _finish(joblog: JobLog, state: str | None, config: Config) -> int:

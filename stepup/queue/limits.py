@@ -6,7 +6,21 @@ The reason codes come from `man squeue` (JOB REASON CODES) and SLURM's resource 
 import re
 from enum import Enum
 
-__all__ = ("Refusal", "hopeless_fix", "refusal_fix", "submit_refusal")
+__all__ = (
+    "PARTITION_REASONS",
+    "Refusal",
+    "admitting_partitions",
+    "hopeless_fix",
+    "refusal_fix",
+    "submit_refusal",
+)
+
+# Reasons that speak of one partition: for a job that lists several (`-p a,b`, or partitions
+# added by a site's job_submit plugin), squeue shows one partition's reason, while another
+# partition may run the job.
+PARTITION_REASONS = frozenset({"PartitionTimeLimit", "PartitionNodeLimit"})
+# What scontrol writes for no limit.
+_UNLIMITED = frozenset({"UNLIMITED", "INFINITE", "NONE", "Partition_Limit", ""})
 
 
 class Refusal(Enum):
@@ -118,3 +132,62 @@ def hopeless_fix(reason: str) -> str | None:
     if _RE_PER_JOB.fullmatch(reason):
         return _PER_JOB_FIX
     return None
+
+
+def _seconds(text: str) -> int | None:
+    """A SLURM duration (`[D-]HH:MM:SS`, `MM:SS`, `MM`) in seconds; `None` for no limit."""
+    if text in _UNLIMITED:
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    hours, minutes, seconds = [0, 0, *parts][-3:] if len(parts) > 1 else [0, parts[0], 0]
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _count(text: str) -> int | None:
+    """A node count or the lower end of a range (`1-4`); `None` for no limit."""
+    return None if text in _UNLIMITED else int(text.split("-", maxsplit=1)[0])
+
+
+def admitting_partitions(job: dict[str, str], partitions: list[dict[str, str]]) -> list[str]:
+    """The partitions listed by a pending job whose limits admit its time and node count.
+
+    A partition that is down still admits a job: it runs there once the partition is up.
+    With a node count inside the limits, PartitionNodeLimit means the nodes are down.
+
+    Parameters
+    ----------
+    job
+        `scontrol show job -o` of the job, as key-value pairs (Partition, TimeLimit, NumNodes).
+    partitions
+        `scontrol show partition -o`, as key-value pairs per partition.
+
+    Returns
+    -------
+    names
+        The admitting partitions; empty when none can ever run the job as it is.
+    """
+    by_name = {partition.get("PartitionName"): partition for partition in partitions}
+    time_limit = _seconds(job.get("TimeLimit", ""))
+    nodes = _count(job.get("NumNodes", "1")) or 1
+    admitting = []
+    for name in job.get("Partition", "").split(","):
+        partition = by_name.get(name)
+        if partition is None:
+            # Not shown (hidden, or not allowed to see): it may run the job.
+            admitting.append(name)
+            continue
+        max_time = _seconds(partition.get("MaxTime", ""))
+        max_nodes = [
+            count
+            for count in (_count(partition.get(key, "")) for key in ("MaxNodes", "TotalNodes"))
+            if count is not None
+        ]
+        if max_time is not None and (time_limit is None or time_limit > max_time):
+            continue
+        if nodes < (_count(partition.get("MinNodes", "")) or 0) or nodes > min(
+            max_nodes, default=nodes
+        ):
+            continue
+        admitting.append(name)
+    return admitting

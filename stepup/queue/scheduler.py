@@ -59,6 +59,7 @@ __all__ = (
     "run_command",
     "sacct_records",
     "show_config",
+    "show_records",
     "squeue_command",
     "stranger",
     "submit",
@@ -1061,6 +1062,44 @@ def show_config(cluster: str | None, timeout: float) -> CommandResult:
         if result.returncode == 0:
             _CONFIGS[key] = result
     return result
+
+
+_RE_KEY_VALUE = re.compile(r"(\w+)=(\S*)")
+
+
+def show_records(
+    kind: str, name: str | int | None, cluster: str | None, timeout: float
+) -> list[dict[str, str]] | None:
+    """`scontrol show KIND [NAME] -o`, one dictionary of `Key=Value` pairs per record.
+
+    Values that hold spaces (a job's Command or Comment) are cut at the first space: the
+    callers read only limits, counts, states and names.
+
+    Parameters
+    ----------
+    kind
+        `job` or `partition`.
+    name
+        A job id or partition name; `None` for all.
+    cluster
+        The cluster name (as in `sbatch -M`), `None` for the default cluster.
+    timeout
+        Seconds after which scontrol is killed.
+
+    Returns
+    -------
+    records
+        `None` when scontrol did not answer.
+    """
+    args = ["scontrol", *_cluster_args(cluster), "show", kind, "-o"]
+    result = run_command([*args, *([] if name is None else [str(name)])], timeout=timeout)
+    if result.returncode != 0:
+        return None
+    return [
+        dict(_RE_KEY_VALUE.findall(line))
+        for line in result.stdout.splitlines()
+        if "=" in line and not line.startswith("CLUSTER:")
+    ]
 
 
 _RE_REQUEUE_EXIT = re.compile(r"^(RequeueExit|RequeueExitHold)\s*=\s*(\S*)\s*$", re.MULTILINE)
