@@ -36,6 +36,16 @@ KILL_POINTS = {
 }
 
 
+def check_one_job_on_localcluster(workflow: Workflow, env: dict[str, str]):
+    """Run the workflow to its end: one job ran, logged with its cluster, and printed once."""
+    result = workflow.boot(env=env)
+    assert result.returncode == 0, result.stdout
+    (record,) = workflow.final_jobs(1)
+    log = read_log(workflow.root / "job/slurmjob.log")
+    assert (log.job_id, log.cluster) == (int(record["JobIDRaw"]), "localcluster")
+    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
+
+
 def kill_during_submission(
     workflow: Workflow, bindir: Path, point: str, env: dict[str, str] | None = None
 ) -> JobLog:
@@ -93,12 +103,7 @@ def test_interrupted_submission_to_a_cluster_named_in_the_environment(
         workflow.plan(SIMPLE_PLAN)
     workflow.job("job", "#!/usr/bin/env bash\necho once\n")
     kill_during_submission(workflow, Path(tmp_path) / "bin", "after_sbatch", env)
-    result = workflow.boot(env=env)
-    assert result.returncode == 0, result.stdout
-    (record,) = workflow.final_jobs(1)
-    log = read_log(workflow.root / "job/slurmjob.log")
-    assert (log.job_id, log.cluster) == (int(record["JobIDRaw"]), "localcluster")
-    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
+    check_one_job_on_localcluster(workflow, env)
 
 
 def test_changed_inputs_after_interrupted_submission(workflow: Workflow, tmp_path):
@@ -721,9 +726,4 @@ def test_sbatch_timeout_with_rc_cluster(workflow: Workflow, tmp_path):
     bindir = Path(tmp_path) / "bin"
     fake_command(bindir, "sbatch", '/usr/bin/sbatch "$@"\nsleep 300\n')
     env = with_bin(workflow, bindir) | {"STEPUP_SBATCH_COMMAND_TIMEOUT": "5"}
-    result = workflow.boot(env=env)
-    assert result.returncode == 0, result.stdout
-    (record,) = workflow.final_jobs(1)
-    log = read_log(workflow.root / "job/slurmjob.log")
-    assert (log.job_id, log.cluster) == (int(record["JobIDRaw"]), "localcluster")
-    assert (workflow.root / "job/slurmjob.out").read_text() == "once\n"
+    check_one_job_on_localcluster(workflow, env)
