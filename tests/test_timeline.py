@@ -1,6 +1,7 @@
 """`stepup jobs --timeline FILE`: the chart of a real workflow's jobs, and its data."""
 
 import argparse
+import re
 import sys
 from datetime import datetime, timedelta
 
@@ -167,3 +168,13 @@ def test_timeline_into_a_missing_folder(jobtools: JobTools):
     assert "Traceback" not in result.stderr + result.stdout
     assert not target.parent.exists()
     assert jobtools.calls("squeue") == []
+
+
+def test_time_axis_shows_clock_times(tmp_path):
+    """Every tick of a run of a few minutes is a clock time, not bare seconds (`05 06 07`)."""
+    figure = draw_timeline(synthetic_rows(3), Path(tmp_path) / "timeline.png", datetime(2026, 1, 2))
+    (ax,) = figure.axes
+    ticks = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+    assert len(ticks) >= 3
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d", tick) for tick in ticks), ticks
+    assert ax.get_xlabel().startswith("clock time")

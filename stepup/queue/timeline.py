@@ -153,11 +153,12 @@ def draw_timeline(rows: list[JobRow], path: Path, now: datetime):
     ax.set_yticks(y[::step], [shorten_middle(bar.folder, _LABEL_WIDTH) for bar in bars][::step])
     ax.tick_params(axis="y", labelsize=min(9.0, max(pitch * step * 0.9, 5.0)))
     ax.set_ylim(len(bars) - 0.5, -0.5)
-    locator = dates.AutoDateLocator()
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))
+    ax.xaxis.set_major_locator(dates.AutoDateLocator())
+    # Clock times on every tick: a concise formatter shows bare seconds (05 06 07) for short runs.
+    short = not bars or max(ends) - min(starts) < 1.0
+    ax.xaxis.set_major_formatter(dates.DateFormatter("%H:%M:%S" if short else "%b %d %H:%M"))
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("time (light: queued, dark: running)")
+    ax.set_xlabel("clock time (light: queued, dark: running)")
     states = sorted({bar.state for bar in bars})
     handles = [Patch(color=_COLORS.get(state, _ACTIVE_COLOR), label=state) for state in states]
     if handles:
