@@ -461,8 +461,11 @@ def test_partition_time_limit_is_cancelled(workflow: Workflow, tiny_partition):
 
 @pytest.fixture
 def two_partitions() -> Iterator[tuple[str, str]]:
-    """A small (MaxTime=1) and a big (MaxTime=10, down) partition; removed after the test."""
-    names = ("sq_small", "sq_big")
+    """A small (MaxTime=1) and a big (MaxTime=10, down) partition; removed after the test.
+
+    Named per process: two tests that change them must not share them under pytest-xdist.
+    """
+    names = (f"sq_small{os.getpid()}", f"sq_big{os.getpid()}")
     for name, settings in zip(names, (["MaxTime=1"], ["MaxTime=10", "State=DOWN"]), strict=True):
         subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True)
         subprocess.run(
