@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 from path import Path
 
+from tests.sdiag import diff_counts, sdiag_counts
+
 from .common import (
     STATUS_RPCS,
     BuildRun,
@@ -47,10 +49,8 @@ from .common import (
     add_host_option,
     bench_folder,
     cancel_leftovers,
-    diff_counts,
     max_in_window,
     median,
-    sdiag_counts,
     step_samples,
     tree_pss,
 )

@@ -15,9 +15,8 @@ import subprocess
 from dataclasses import dataclass
 
 from stepup.queue.config import Config, QueryMethod
-from stepup.queue.scheduler import StateCache
-
-from .common import diff_counts, sdiag_counts
+from stepup.queue.slurm.cache import StateCache
+from tests.sdiag import diff_counts, sdiag_counts
 
 __all__ = ("RPCProfile", "profile_queries", "query_commands")
 

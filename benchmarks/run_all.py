@@ -28,6 +28,7 @@ from dataclasses import asdict
 from path import Path
 
 from stepup.queue.config import Config
+from tests.sdiag import sdiag_counts
 
 from .chain import run_chain
 from .common import (
@@ -38,7 +39,6 @@ from .common import (
     default_stepup,
     median,
     percentile,
-    sdiag_counts,
     tests_running,
 )
 from .jobs import RETRIES, RunResult

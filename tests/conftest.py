@@ -18,6 +18,7 @@ from path import Path
 
 from stepup.queue.api import stepup_major
 from stepup.queue.joblog import FORMAT_LINE
+from stepup.queue.slurm.queries import sacct_records
 
 # The StepUp Core of the Python that runs the tests is the host of every workflow: the suite
 # runs once per host, each in its own venv (tools/test.sh).
@@ -532,3 +533,75 @@ def unreachable_squeue(workflow: Workflow) -> dict[str, str]:
         "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n",
     )
     return with_bin(workflow, bindir)
+
+
+# Captured output of the real SLURM (see tests/data/README.md).
+DATA = Path(__file__).parent / "data"
+
+
+# What SLURM knew when squeue_me.txt, scontrol_show_job*.txt were captured.
+STATES = {
+    3: "COMPLETED",
+    4: "COMPLETED",
+    5: "COMPLETED",
+    6: "COMPLETED",
+    7: "FAILED",
+    8: "RUNNING",
+    9: "PENDING",
+}
+COMMENTS = {
+    3: "stepup-queue-ef2c3f0461ab784a",
+    6: "stepup-queue-0123456789abcdef",
+    8: "stepup-queue-fedcba9876543210",
+}
+
+
+def data(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def sacct_state(job_id: int) -> str | None:
+    """One job's state in the accounting database, `None` when sacct does not know it."""
+    record = (sacct_records([job_id], None, 20) or {}).get(job_id)
+    return None if record is None else record["State"]
+
+
+def submit_held_job(folder: Path) -> tuple[str, int]:
+    """Submit a held job tagged with a new token from `folder`; return the token and job id."""
+    token = "stepup-queue-" + os.urandom(8).hex()
+    result = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--hold",
+            f"--comment={token}",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "true",
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return token, int(result.stdout)
+
+
+def cancel_tagged(token: str, env: dict[str, str]):
+    """Clean up: cancel the jobs whose comment is `token`, in an environment without settings."""
+    listed = subprocess.run(
+        ["squeue", "--me", "-h", "-o", "%i|%k"], env=env, capture_output=True, text=True
+    ).stdout
+    ids = [line.split("|")[0] for line in listed.splitlines() if line.endswith(f"|{token}")]
+    if ids:
+        subprocess.run(["scancel", *ids], env=env, check=False)
+
+
+@pytest.fixture
+def fakebin(tmp_path, monkeypatch):
+    """A folder first on PATH, with a function to put a bash script in it."""
+    folder = Path(tmp_path) / "bin"
+    folder.makedirs_p()
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    return lambda name, body: fake_command(folder, name, textwrap.dedent(body))

@@ -19,7 +19,8 @@ def test_defaults():
     assert config.debug is False
     assert config.cache_timeout == 30.0
     assert config.polling_interval == 1.0
-    assert config.time_margin == 0.5
+    assert config.jitter == 0.5
+    assert config.settle_time == 0.5
     assert config.query is QueryMethod.SQUEUE
     assert config.command_timeout == 60.0
     assert config.submit_retries == 5
@@ -71,7 +72,9 @@ def test_from_environ_reads_os_environ(monkeypatch):
         ("STEPUP_SBATCH_CACHE_TIMEOUT", "cache_timeout", "12.5", 12.5),
         ("STEPUP_SBATCH_CACHE_TIMEOUT", "cache_timeout", "0", 0.0),
         ("STEPUP_SBATCH_POLLING_INTERVAL", "polling_interval", "45", 45.0),
-        ("STEPUP_SBATCH_TIME_MARGIN", "time_margin", " 3 ", 3.0),
+        ("STEPUP_SBATCH_TIME_MARGIN", "jitter", " 3 ", 3.0),
+        ("STEPUP_SBATCH_TIME_MARGIN", "settle_time", " 3 ", 3.0),
+        ("STEPUP_SBATCH_SETTLE_TIME", "settle_time", " 2 ", 2.0),
         ("STEPUP_SBATCH_COMMAND_TIMEOUT", "command_timeout", "1", 1.0),
         ("STEPUP_SBATCH_COMMAND_TIMEOUT", "command_timeout", "300", 300.0),
         ("STEPUP_SBATCH_SUBMIT_RETRIES", "submit_retries", "0", 0),
@@ -281,7 +284,7 @@ def test_debug_sleep_range_ignores_age():
 )
 def test_polling_variables_of_2x(variables, interval, margin):
     config = read(**variables)
-    assert (config.polling_interval, config.time_margin) == (interval, margin)
+    assert (config.polling_interval, config.jitter) == (interval, margin)
     assert config.sleep_range() == (interval, interval + margin)
     assert config.warnings == ()
 
@@ -313,3 +316,14 @@ def test_variables_of_2x_without_equivalent_are_named_in_a_warning(name):
     assert warning.startswith(f"{name} (a variable of the original StepUp Queue 2.x) is ignored: ")
     assert warning.endswith("Unset it to silence this warning.")
     assert read(**{name: ""}).warnings == ()
+
+
+def test_time_margin_and_settle_time_have_one_meaning_each():
+    """STEPUP_SBATCH_TIME_MARGIN spreads the steps out; STEPUP_SBATCH_SETTLE_TIME, when set,
+    alone says how long SLURM's answer about a new job is not trusted."""
+    home = {"HOME": "/home/user"}
+    environ = home | {"STEPUP_SBATCH_TIME_MARGIN": "4", "STEPUP_SBATCH_SETTLE_TIME": "1.5"}
+    config = Config.from_environ(environ)
+    assert (config.jitter, config.settle_time) == (4.0, 1.5)
+    assert Config.from_environ(home | {"STEPUP_SBATCH_SETTLE_TIME": "2"}).jitter == 0.5
+    assert Config(command_timeout=7).lock_timeout == 7

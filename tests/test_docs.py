@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 import pytest
 from path import Path
 
-from stepup.queue import api, limits, wrapper
+from stepup.queue import api, states, wrapper
 
 ROOT = Path(__file__).parent.parent.absolute()
 PACKAGE = ROOT / "stepup/queue"
@@ -222,7 +222,7 @@ def test_troubleshooting_page_names_refusals_and_reasons():
             assert f"`{short}`" in page
     for prefix in wrapper._OTHER_SCHEDULERS:
         assert f"`{prefix}`" in page
-    for reason in limits._HOPELESS:
+    for reason in states._HOPELESS:
         assert f"`{reason}`" in page
 
 

@@ -17,7 +17,7 @@ from conftest import SIMPLE_PLAN, Workflow, fake_command, scontrol_state, wait_f
 from path import Path
 
 from stepup.queue.joblog import FORMAT_LINE, JobLog, append_record, read_log
-from stepup.queue.scheduler import CLOCK_SLACK
+from stepup.queue.slurm.parsers import CLOCK_SLACK
 
 TOOLS = Path(__file__).parent.parent / "tools"
 SLURM_RUN = Path("/var/lib/stepup-queue-slurm/run")

@@ -6,7 +6,6 @@ import pytest
 from path import Path
 
 from stepup.queue.joblog import (
-    FINAL_STATES,
     FORMAT_LINE,
     JobLogError,
     append_record,
@@ -16,6 +15,7 @@ from stepup.queue.joblog import (
     record_submitted,
     start_log,
 )
+from stepup.queue.states import FINAL_STATES
 
 DATA = Path(__file__).parent / "data"
 DIGEST = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

@@ -7,11 +7,11 @@ import time
 import pytest
 from conftest import FAILED_RC, SIMPLE_PLAN, Workflow, lock_free, scontrol_state, wait_for
 from path import Path
+from sdiag import diff_counts, sdiag_counts
 
-from benchmarks.common import diff_counts, sdiag_counts
 from stepup.queue.config import Config
 from stepup.queue.joblog import FORMAT_LINE, append_record, read_log
-from stepup.queue.scheduler import StateCache
+from stepup.queue.slurm.cache import StateCache
 
 
 def test_success(workflow: Workflow):

@@ -24,13 +24,12 @@ from conftest import (
     with_bin,
 )
 from path import Path
+from sdiag import diff_counts, sdiag_counts
 
-from benchmarks.common import diff_counts, sdiag_counts
 from stepup.queue.joblog import read_log
 from stepup.queue.limits import (
     Refusal,
     admitting_partitions,
-    hopeless_fix,
     refusal_fix,
     submit_refusal,
 )
@@ -115,45 +114,6 @@ def test_other_sbatch_errors_are_no_policy_refusal(message):
 )
 def test_refusal_fixes(code, fix):
     assert fix in refusal_fix(code)
-
-
-@pytest.mark.parametrize(
-    "reason",
-    [
-        "PartitionTimeLimit",
-        "BadConstraints",
-        "DependencyNeverSatisfied",
-        "InvalidAccount",
-        "InvalidQOS",
-        "AssocMaxWallDurationPerJobLimit",
-        "QOSMaxCpuPerJobLimit",
-        "QOSMinCpuNotSatisfied",
-    ],
-)
-def test_hopeless_reasons(reason):
-    assert hopeless_fix(reason)
-
-
-@pytest.mark.parametrize(
-    "reason",
-    [
-        "",
-        "None",
-        "Priority",
-        "Resources",
-        "Dependency",
-        "BeginTime",
-        "JobHeldUser",
-        "JobHeldAdmin",
-        "AssocMaxJobsLimit",
-        "QOSMaxJobsPerUserLimit",
-        "AssocGrpCpuLimit",
-        "ReqNodeNotAvail",
-        "NodeDown",
-    ],
-)
-def test_reasons_that_resolve_by_themselves(reason):
-    assert hopeless_fix(reason) is None
 
 
 # Submit limits: they apply to every job of the user, so these tests run alone (serial).

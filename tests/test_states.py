@@ -7,8 +7,8 @@ import subprocess
 import pytest
 from path import Path
 
-from stepup.queue.scheduler import parse_squeue
-from stepup.queue.states import FINAL_STATES, STATES, is_active
+from stepup.queue.slurm.parsers import parse_squeue
+from stepup.queue.states import FINAL_STATES, STATES, hopeless_fix, is_active
 
 # A state in JOB STATE CODES of the man pages, e.g. `\fBCA  CANCELLED\fR` (squeue) or
 # `\f3CA  CANCELLED\fP` (sacct).
@@ -63,3 +63,42 @@ def test_final_states():
         "REVOKED",
         "TIMEOUT",
     } == FINAL_STATES
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "PartitionTimeLimit",
+        "BadConstraints",
+        "DependencyNeverSatisfied",
+        "InvalidAccount",
+        "InvalidQOS",
+        "AssocMaxWallDurationPerJobLimit",
+        "QOSMaxCpuPerJobLimit",
+        "QOSMinCpuNotSatisfied",
+    ],
+)
+def test_hopeless_reasons(reason):
+    assert hopeless_fix(reason)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "",
+        "None",
+        "Priority",
+        "Resources",
+        "Dependency",
+        "BeginTime",
+        "JobHeldUser",
+        "JobHeldAdmin",
+        "AssocMaxJobsLimit",
+        "QOSMaxJobsPerUserLimit",
+        "AssocGrpCpuLimit",
+        "ReqNodeNotAvail",
+        "NodeDown",
+    ],
+)
+def test_reasons_that_resolve_by_themselves(reason):
+    assert hopeless_fix(reason) is None

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 
 from .jobsearch import FoundJob, add_search_arguments, add_tool, print_actions, search_jobs
-from .scheduler import MAX_SCANCEL_IDS, cancel
+from .slurm.control import MAX_SCANCEL_IDS, cancel
 
 __all__ = ("canceljobs_subcommand", "canceljobs_tool", "sq_cancel_jobs")
 
@@ -82,8 +82,8 @@ def _decide(job: FoundJob, cancel_all: bool) -> tuple[bool, str]:
     (requeued, or held after RequeueExitHold) is cancelled whatever its log and
     `slurmjob.ret` say.
     """
-    if job.stranger is not None:
-        return False, job.stranger
+    if job.why_not_ours is not None:
+        return False, job.why_not_ours
     if job.active is False:
         # scancel cannot stop a job that SLURM no longer runs, whatever the log says.
         if job.live is None:

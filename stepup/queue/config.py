@@ -75,13 +75,18 @@ class Config:
         `STEPUP_SBATCH_POLLING_INTERVAL`: seconds between two looks at `slurmjob.ret` of a
         job that has been waiting for a while (jobs younger than 20 intervals are looked at
         more often, see `sleep_range`).
-    time_margin
-        `STEPUP_SBATCH_TIME_MARGIN`: maximal random extra seconds added to each sleep,
-        and the margin after submission before a scheduler answer is trusted.
+    jitter
+        `STEPUP_SBATCH_TIME_MARGIN`: maximal random extra seconds added to each sleep and to
+        the time until the next status query, to spread the steps out.
+    settle_time
+        `STEPUP_SBATCH_SETTLE_TIME` (by default the value of `STEPUP_SBATCH_TIME_MARGIN`, which
+        had both meanings, or 0.5): seconds after a submission, or after the script wrote its
+        exit code, before SLURM's answer about the job is trusted.
     query
         `STEPUP_SBATCH_QUERY`: `squeue` (own jobs only, default) or `scontrol` (all jobs).
     command_timeout
-        `STEPUP_SBATCH_COMMAND_TIMEOUT`: seconds after which a SLURM command is killed.
+        `STEPUP_SBATCH_COMMAND_TIMEOUT`: seconds after which a SLURM command is killed (see
+        also `lock_timeout`).
     submit_retries
         `STEPUP_SBATCH_SUBMIT_RETRIES`: how often a transiently failing sbatch is retried.
     submit_backoff
@@ -112,7 +117,8 @@ class Config:
     debug: bool = False
     cache_timeout: float = 30.0
     polling_interval: float = 1.0
-    time_margin: float = 0.5
+    jitter: float = 0.5
+    settle_time: float = 0.5
     query: QueryMethod = QueryMethod.SQUEUE
     command_timeout: float = 60.0
     submit_retries: int = 5
@@ -146,7 +152,8 @@ class Config:
             environ = os.environ
         onchange, onchange_source = _read_onchange(environ)
         debug = _read_bool(environ, "STEPUP_SBATCH_DEBUG", False)
-        polling_interval, time_margin = _read_polling(environ)
+        polling_interval, jitter = _read_polling(environ)
+        settle = _either(environ, "STEPUP_SBATCH_SETTLE_TIME", "STEPUP_SBATCH_TIME_MARGIN")
         retries = _either(environ, "STEPUP_SBATCH_SUBMIT_RETRIES", "STEPUP_SBATCH_RETRY_NUM")
         backoff = _either(environ, "STEPUP_SBATCH_SUBMIT_BACKOFF", "STEPUP_SBATCH_RETRY_DELAY_MIN")
         return cls(
@@ -155,7 +162,8 @@ class Config:
             debug=debug,
             cache_timeout=_read_float(environ, "STEPUP_SBATCH_CACHE_TIMEOUT", 30.0),
             polling_interval=polling_interval,
-            time_margin=time_margin,
+            jitter=jitter,
+            settle_time=_read_float(environ, settle, 0.5),
             query=_read_enum(environ, "STEPUP_SBATCH_QUERY", QueryMethod, QueryMethod.SQUEUE),
             command_timeout=_read_float(environ, "STEPUP_SBATCH_COMMAND_TIMEOUT", 60.0, 1.0),
             submit_retries=int(_read_float(environ, retries, 5, 0, True)),
@@ -189,7 +197,13 @@ class Config:
         if age is not None:
             base = min(base, max(base / 5, age / 20))
         scale = base / self.polling_interval if self.polling_interval > 0 else 1.0
-        return base, base + self.time_margin * scale
+        return base, base + self.jitter * scale
+
+    @property
+    def lock_timeout(self) -> float:
+        """Seconds a step waits for a lock of the shared cache: as long as the holder's query
+        may take (`command_timeout`), after which the holder is taken to be stuck."""
+        return self.command_timeout
 
 
 def _either(environ: Mapping[str, str], name: str, old: str) -> str:
@@ -198,7 +212,7 @@ def _either(environ: Mapping[str, str], name: str, old: str) -> str:
 
 
 def _read_polling(environ: Mapping[str, str]) -> tuple[float, float]:
-    """The polling interval and time margin, from the variables of either generation."""
+    """The polling interval and the jitter, from the variables of either generation."""
     name = _either(environ, "STEPUP_SBATCH_POLLING_INTERVAL", "STEPUP_SBATCH_POLLING_MIN")
     interval = _read_float(environ, name, 1.0)
     if environ.get("STEPUP_SBATCH_TIME_MARGIN", "") != "":

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from path import Path
 
 from .config import Config, OnChange
-from .lifecycle import JobError, SubmitInterrupted, run_job
+from .errors import JobError, SubmitInterrupted
+from .lifecycle import run_job
 
 __all__ = (
     "HOST_VARIABLES",

@@ -37,7 +37,6 @@ from path import Path
 from .states import FINAL_STATES
 
 __all__ = (
-    "FINAL_STATES",
     "FORMAT_LINE",
     "LOG_NAME",
     "JobLog",

@@ -16,8 +16,8 @@ from datetime import datetime
 
 from path import Path
 
-from .joblog import FINAL_STATES
 from .jobsearch import FoundJob, JobSearch, add_search_arguments, add_tool, search_jobs
+from .states import FINAL_STATES
 from .tables import print_table
 
 __all__ = ("JobRow", "format_duration", "job_rows", "jobs_subcommand", "jobs_tool", "sq_jobs")
@@ -157,7 +157,7 @@ def job_row(job: FoundJob, now: datetime) -> JobRow:
         The current time, up to which the queue or run time of an active job is counted.
     """
     # A record of another job with the same id (reused ids, another user) says nothing.
-    record = job.history if job.stranger is None else None
+    record = job.history if job.why_not_ours is None else None
     state, source = _state(job, record)
     ended_state = state in FINAL_STATES
     if record is not None:

@@ -17,24 +17,17 @@ from dataclasses import dataclass, field
 from path import Path
 
 from .config import Config, ConfigError
-from .joblog import FINAL_STATES, LOG_NAME, JobLog, JobLogError, find_logs, is_token, read_log
-from .scheduler import (
-    HISTORY_FIELDS,
-    Listing,
-    UnreadableOutputError,
-    foreign_workdir,
-    parse_squeue,
-    run_command,
-    sacct_records,
-    squeue_command,
-    stranger,
-)
+from .joblog import LOG_NAME, JobLog, JobLogError, find_logs, is_token, read_log
+from .slurm.commands import run_command
+from .slurm.identity import foreign_workdir, why_not_logged_job
+from .slurm.parsers import Listing, UnreadableOutputError, parse_squeue
+from .slurm.queries import HISTORY_FIELDS, sacct_records, squeue_command
+from .states import FAILED_STATES, FINAL_STATES
 from .tables import print_table
 from .version import add_version_argument
 from .wrapper import read_ret
 
 __all__ = (
-    "FAILED_STATES",
     "FoundJob",
     "JobSearch",
     "add_search_arguments",
@@ -46,7 +39,6 @@ __all__ = (
 )
 
 # Final states in which the job did not end well.
-FAILED_STATES = FINAL_STATES - {"COMPLETED"}
 
 
 @dataclass
@@ -69,7 +61,7 @@ class FoundJob:
         For a log without `Submitted` record: the job that SLURM lists with the log's token.
     account
         SLURM's accounting record of a job that squeue no longer lists (see
-        `scheduler.HISTORY_FIELDS`), `None` when sacct was not asked or does not know it.
+        `slurm.queries.HISTORY_FIELDS`), `None` when sacct was not asked or does not know it.
     history
         SLURM's accounting record of the job, also when squeue lists it; only asked for by
         `stepup jobs` (for the times and exit codes), else `None`.
@@ -134,7 +126,7 @@ class FoundJob:
         return None if self.account is None else self.account["User"]
 
     @property
-    def stranger(self) -> str | None:
+    def why_not_ours(self) -> str | None:
         """Why SLURM's job with this id is not the log's job, `None` when nothing says so.
 
         Job ids are reused (e.g. after a reinstall of SLURM), and a folder may hold the log of
@@ -148,7 +140,9 @@ class FoundJob:
         elif self.owner != getpass.getuser():
             return f"job of user {self.owner}: not touched"
         else:
-            why = stranger(self.job_id, self.account, self.log.path.parent, self.log.submitted_time)
+            why = why_not_logged_job(
+                self.job_id, self.account, self.log.path.parent, self.log.submitted_time
+            )
         return None if why is None else f"{why}, not touched"
 
     @property

@@ -6,11 +6,11 @@ The reason codes come from `man squeue` (JOB REASON CODES) and SLURM's resource 
 import re
 from enum import Enum
 
+from .states import hopeless_fix
+
 __all__ = (
-    "PARTITION_REASONS",
     "Refusal",
     "admitting_partitions",
-    "hopeless_fix",
     "refusal_fix",
     "submit_refusal",
 )
@@ -18,7 +18,6 @@ __all__ = (
 # Reasons that speak of one partition: for a job that lists several (`-p a,b`, or partitions
 # added by a site's job_submit plugin), squeue shows one partition's reason, while another
 # partition may run the job.
-PARTITION_REASONS = frozenset({"PartitionTimeLimit", "PartitionNodeLimit"})
 # What scontrol writes for no limit.
 _UNLIMITED = frozenset({"UNLIMITED", "INFINITE", "NONE", "Partition_Limit", ""})
 
@@ -93,45 +92,6 @@ def refusal_fix(code: str) -> str:
     if _RE_WALL.fullmatch(code):
         return _WALL_FIX
     return hopeless_fix(code) or _POLICY_FIX
-
-
-# Pending reasons that never resolve without a change to the job or by an administrator,
-# each with the likely fix. Not here, because they resolve by themselves: Priority, Resources,
-# Dependency, BeginTime, Licenses, Reservation, the Assoc/QOS limits on running jobs or on
-# aggregate usage (AssocMaxJobsLimit, QOSMaxJobsPerUserLimit, AssocGrp*, QOSGrp*, ...), and
-# what an administrator is fixing anyway (NodeDown, PartitionDown, ReqNodeNotAvail). Not here
-# either: JobHeldUser and JobHeldAdmin, the user's or an administrator's decision.
-_HOPELESS = {
-    # The job asks more than its partition allows (with EnforcePartLimits=NO it is accepted).
-    "PartitionTimeLimit": "the requested --time is above the partition's MaxTime: lower it "
-    "or pick another partition (sinfo -o '%P %l')",
-    "PartitionNodeLimit": "the requested number of nodes is outside the partition's limits "
-    "(or its nodes are down): change --nodes or the partition (sinfo)",
-    # The request itself cannot be met or is not allowed.
-    "BadConstraints": "no node has the requested features or resources (--constraint, "
-    "--gres, --mem, --cpus-per-task): change the request (sinfo -o '%N %f %G %m %c')",
-    "DependencyNeverSatisfied": "a job it depends on (--dependency) ended in a way that "
-    "the dependency rules out: fix and rerun that job, or change the dependency",
-    "InvalidAccount": "the --account is not valid for you: pick one of "
-    "`sacctmgr show assoc user=$USER`",
-    "InvalidQOS": "the --qos is not valid for you: pick one of `sacctmgr show assoc user=$USER`",
-}
-# Per-job limits of an association or QOS (AssocMax*PerJob*, QOSMax*PerJob*, QOSMin*): the job
-# asks more (or less) than one job may.
-_RE_PER_JOB = re.compile(r"(Assoc|QOS)Max\w*PerJob\w*|QOSMin\w+")
-_PER_JOB_FIX = (
-    "the job asks more than one job may under your association or QOS: lower the request "
-    "(see `sacctmgr show assoc user=$USER` and `sacctmgr show qos`)"
-)
-
-
-def hopeless_fix(reason: str) -> str | None:
-    """The likely fix for a pending reason that never resolves by itself, else `None`."""
-    if reason in _HOPELESS:
-        return _HOPELESS[reason]
-    if _RE_PER_JOB.fullmatch(reason):
-        return _PER_JOB_FIX
-    return None
 
 
 def _seconds(text: str) -> int | None:

@@ -13,13 +13,13 @@ from collections.abc import Callable
 
 from .joblog import LOG_NAME
 from .jobsearch import (
-    FAILED_STATES,
     FoundJob,
     add_search_arguments,
     add_tool,
     print_actions,
     search_jobs,
 )
+from .states import FAILED_STATES
 from .wrapper import RET_NAME
 
 __all__ = ("JOB_FILES", "removejobs_subcommand", "removejobs_tool", "sq_remove_jobs")
@@ -92,8 +92,8 @@ def _why_failed(job: FoundJob) -> str:
 
 def _decide(job: FoundJob, select_all: bool) -> tuple[bool, str]:
     """Decide whether to remove the files of a job; return the decision and why."""
-    if job.stranger is not None:
-        return False, job.stranger
+    if job.why_not_ours is not None:
+        return False, job.why_not_ours
     owner = _log_owner(job)
     if owner is not None:
         # sacct may hide a colleague's job (PrivateData=jobs) or be down: only SLURM's word

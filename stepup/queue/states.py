@@ -1,4 +1,9 @@
-"""SLURM's job states, each classified once: has the job ended for good, or not yet?
+"""SLURM's job states and pending reasons, each classified once, for every module to use.
+
+A job state is active or final (has the job ended for good, or not yet?); a final state is a
+success (COMPLETED) or a failure; COMPLETED and FAILED mean the script ran to its own end, so
+that its exit code is in `slurmjob.ret`. A pending reason is hopeless when the job never starts
+without a change by the user, see `hopeless_fix`.
 
 The states are those of JOB STATE CODES in `man squeue` and `man sacct` (SLURM 22.05) and the
 state flags that newer releases print instead of the base state (`job_state_string()` in
@@ -7,7 +12,17 @@ than this table, counts as active: waiting for it longer is safe, submitting the
 time or taking it for failed is not.
 """
 
-__all__ = ("FINAL_STATES", "STATES", "is_active")
+import re
+
+__all__ = (
+    "FAILED_STATES",
+    "FINAL_STATES",
+    "PARTITION_REASONS",
+    "SCRIPT_ENDED_STATES",
+    "STATES",
+    "hopeless_fix",
+    "is_active",
+)
 
 # State → True when SLURM will not run the job's script again.
 STATES = {
@@ -49,8 +64,55 @@ STATES = {
 }
 
 FINAL_STATES = frozenset(state for state, final in STATES.items() if final)
+FAILED_STATES = FINAL_STATES - {"COMPLETED"}
+# The job script ran and ended by itself: slurmjob.ret should hold its exit code (perhaps after
+# a delay of the shared file system).
+SCRIPT_ENDED_STATES = frozenset({"COMPLETED", "FAILED"})
 
 
 def is_active(state: str | None) -> bool:
     """True when a job in `state` has not ended for good; `None` (no state) is not active."""
     return state is not None and state not in FINAL_STATES
+
+
+# Pending reasons that speak of one partition's limits: with several partitions listed, another
+# may still run the job (see `limits.admitting_partitions`).
+PARTITION_REASONS = frozenset({"PartitionTimeLimit", "PartitionNodeLimit"})
+
+# Pending reasons that never resolve without a change to the job or by an administrator,
+# each with the likely fix. Not here, because they resolve by themselves: Priority, Resources,
+# Dependency, BeginTime, Licenses, Reservation, the Assoc/QOS limits on running jobs or on
+# aggregate usage (AssocMaxJobsLimit, QOSMaxJobsPerUserLimit, AssocGrp*, QOSGrp*, ...), and
+# what an administrator is fixing anyway (NodeDown, PartitionDown, ReqNodeNotAvail). Not here
+# either: JobHeldUser and JobHeldAdmin, the user's or an administrator's decision.
+_HOPELESS = {
+    # The job asks more than its partition allows (with EnforcePartLimits=NO it is accepted).
+    "PartitionTimeLimit": "the requested --time is above the partition's MaxTime: lower it "
+    "or pick another partition (sinfo -o '%P %l')",
+    "PartitionNodeLimit": "the requested number of nodes is outside the partition's limits "
+    "(or its nodes are down): change --nodes or the partition (sinfo)",
+    # The request itself cannot be met or is not allowed.
+    "BadConstraints": "no node has the requested features or resources (--constraint, "
+    "--gres, --mem, --cpus-per-task): change the request (sinfo -o '%N %f %G %m %c')",
+    "DependencyNeverSatisfied": "a job it depends on (--dependency) ended in a way that "
+    "the dependency rules out: fix and rerun that job, or change the dependency",
+    "InvalidAccount": "the --account is not valid for you: pick one of "
+    "`sacctmgr show assoc user=$USER`",
+    "InvalidQOS": "the --qos is not valid for you: pick one of `sacctmgr show assoc user=$USER`",
+}
+# Per-job limits of an association or QOS (AssocMax*PerJob*, QOSMax*PerJob*, QOSMin*): the job
+# asks more (or less) than one job may.
+_RE_PER_JOB = re.compile(r"(Assoc|QOS)Max\w*PerJob\w*|QOSMin\w+")
+_PER_JOB_FIX = (
+    "the job asks more than one job may under your association or QOS: lower the request "
+    "(see `sacctmgr show assoc user=$USER` and `sacctmgr show qos`)"
+)
+
+
+def hopeless_fix(reason: str) -> str | None:
+    """The likely fix for a pending reason that never resolves by itself, else `None`."""
+    if reason in _HOPELESS:
+        return _HOPELESS[reason]
+    if _RE_PER_JOB.fullmatch(reason):
+        return _PER_JOB_FIX
+    return None

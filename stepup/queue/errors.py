@@ -1,0 +1,22 @@
+"""The errors with which a job step fails, each with a message that says what to do."""
+
+__all__ = ("JobError", "SubmitInterrupted")
+
+
+class JobError(RuntimeError):
+    """The job cannot be submitted or did not end well. The message says why and what to do."""
+
+
+class SubmitInterrupted(KeyboardInterrupt):
+    """Interrupted before the job's id was known.
+
+    Attributes
+    ----------
+    maybe_submitted
+        False when no submission can have reached SLURM (e.g. while waiting for room under a
+        submit limit), True when one may have (sbatch was cut off, or did not answer).
+    """
+
+    def __init__(self, maybe_submitted: bool):
+        super().__init__()
+        self.maybe_submitted = maybe_submitted

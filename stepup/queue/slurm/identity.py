@@ -1,0 +1,161 @@
+"""Which job is whose: the rules that tie a job SLURM knows to a job folder and its log.
+
+Job ids are reused (a reinstalled SLURM starts again at 1, ids wrap at MaxJobId), SLURM resets
+a job's submit time on every requeue, and a submission may be interrupted before its job id is
+logged. A job is acted on (waited for, cancelled, its files removed) only when these rules say
+it is the folder's; every mismatch is reported, never acted on.
+"""
+
+import os
+from datetime import datetime
+
+from .parsers import CLOCK_SLACK, parse_time
+from .queries import accounted_submissions, listed_submissions
+
+__all__ = ("find_by_token", "foreign_workdir", "match_submission", "why_not_logged_job")
+
+
+def foreign_workdir(job_id: int, workdir: str, folder: str) -> str | None:
+    """Why SLURM's job with a logged id is not the job of `folder`: it ran elsewhere.
+
+    Returns
+    -------
+    why
+        `None` when `workdir` (SLURM's work directory of the job) is empty or the folder.
+    """
+    if workdir != "" and os.path.realpath(workdir) != os.path.realpath(folder):
+        return f"SLURM's job {job_id} ran in {workdir}: the id was reused"
+    return None
+
+
+def why_not_logged_job(
+    job_id: int, record: dict[str, str], folder: str, submitted: datetime | None
+) -> str | None:
+    """Tell why SLURM's job with a logged id is not the logged job, `None` when it may be.
+
+    Job ids are reused (a reinstalled SLURM starts again at 1, ids wrap at MaxJobId): the id
+    counts only when SLURM's record of the job has the job folder as its work directory and
+    was first submitted no later than the log's `Submitted` record. The first submission, not
+    the last: SLURM resets the submit time on every requeue. No earliest time is checked: the
+    `Submitted` record of a job found after an interrupted submission is written when the job
+    is found, perhaps long after SLURM's submit time.
+
+    Parameters
+    ----------
+    job_id
+        The job id in the log.
+    record
+        SLURM's record of that job from `queries.sacct_records`.
+    folder
+        The job folder.
+    submitted
+        When the log's `Submitted` record was written, `None` when unknown.
+    """
+    why = foreign_workdir(job_id, record["WorkDir"], folder)
+    if why is not None:
+        return why
+    first = record.get("FirstSubmit", record["Submit"])
+    when = parse_time(first)
+    if submitted is not None and when != datetime.min and when > submitted + CLOCK_SLACK:
+        return (
+            f"SLURM's job {job_id} was submitted at {first}, after the log's Submitted record "
+            f"({submitted:%Y-%m-%dT%H:%M:%S}): the id was reused"
+        )
+    return None
+
+
+def find_by_token(
+    token: str | None, clusters: str | None, since: datetime, timeout: float
+) -> tuple[bool, int | None]:
+    """Look for the job of an interrupted submission, first in squeue, then in sacct.
+
+    squeue shows the token (the job's comment), the folder and the submission time of every
+    job that slurmctld still holds. sacct shows comments only where the accounting stores
+    them (`AccountingStoreFlags=job_comment`, not SLURM's default); elsewhere the job is the
+    one, with no comment, submitted from the current folder after the `Submitting` record.
+
+    Parameters
+    ----------
+    token
+        The comment given to the job at submission; `None` for a bare `Submitting` record of
+        the original StepUp Queue 2.x, which tags no job: then only the folder and the time
+        tell the job.
+    clusters
+        The value of the script's `-M` option, `None` when it has none.
+    since
+        The time of the `Submitting` record.
+    timeout
+        Seconds after which squeue or sacct is killed.
+
+    Returns
+    -------
+    certain, job_id
+        `certain` is False when SLURM could not be asked; `job_id` is None when
+        SLURM answered and no job carries the token.
+
+    Raises
+    ------
+    ValueError
+        When SLURM lists several jobs without comment that may be this submission's.
+    """
+    listed = listed_submissions(clusters, timeout)
+    if listed is None:
+        return False, None
+    tagged = [job_id for job_id, record in listed.items() if token and record["Comment"] == token]
+    if tagged:
+        return True, tagged[0]
+    # squeue shows the comment of every job it lists, so none of those carries our token.
+    # A submission without token (2.x) is told by folder and time, here as in sacct.
+    found = [] if token is not None else match_submission(listed, None, os.getcwd(), since)
+    records = accounted_submissions(clusters, since, timeout)
+    if records is None:
+        return False, None
+    unlisted = {job_id: record for job_id, record in records.items() if job_id not in listed}
+    candidates = found + match_submission(unlisted, token, os.getcwd(), since)
+    if len(candidates) > 1:
+        ids = ", ".join(map(str, candidates))
+        ended = ", all ended" if token is not None else ""
+        raise ValueError(
+            f"SLURM lists several jobs without a comment submitted from {os.getcwd()} "
+            f"since {since - CLOCK_SLACK:%Y-%m-%dT%H:%M:%S} ({ids}){ended}; StepUp "
+            "Queue cannot tell which one its interrupted submission made. Make sure none of "
+            "them is still needed (scancel), then remove slurmjob.log in this folder to submit "
+            "the job afresh."
+        )
+    return True, candidates[0] if candidates else None
+
+
+def match_submission(
+    records: dict[int, dict[str, str]], token: str | None, workdir: str, since: datetime
+) -> list[int]:
+    """Select the jobs in sacct records that a submission tagged with `token` made.
+
+    Parameters
+    ----------
+    records
+        Parsed `sacct` output with the fields of `parsers.SUBMISSION_FIELDS` (or squeue's, in
+        the same fields).
+    token
+        The comment given to the job at submission.
+    workdir
+        The folder sbatch was run from.
+    since
+        The time of the `Submitting` record.
+
+    Returns
+    -------
+    job_ids
+        The jobs whose comment is the token; if there are none, the jobs without comment
+        submitted from `workdir` no earlier than `since` minus `CLOCK_SLACK`.
+    """
+    tagged = [job_id for job_id, record in records.items() if token and record["Comment"] == token]
+    if tagged:
+        return tagged
+    earliest = since - CLOCK_SLACK
+    return sorted(
+        job_id
+        for job_id, record in records.items()
+        if record["Comment"] == ""
+        and record["WorkDir"] == workdir
+        and parse_time(record["Submit"]) >= earliest
+    )

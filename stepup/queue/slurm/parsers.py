@@ -1,0 +1,338 @@
+"""Parsers of what SLURM's commands print: plain functions over strings.
+
+Each is unit-tested on outputs captured from a real SLURM (tests/data/). A line that cannot be
+read raises `UnreadableOutputError`: a job it would hide must never be taken for a job that
+ended, so the callers treat such an answer as no answer.
+"""
+
+import os
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import NamedTuple, TypeVar
+
+from ..states import is_active
+
+__all__ = (
+    "CLOCK_SLACK",
+    "SQUEUE_FORMAT",
+    "SUBMISSION_FIELDS",
+    "SUBMISSION_FORMAT",
+    "Listing",
+    "UnreadableOutputError",
+    "last_run",
+    "parse_cluster_name",
+    "parse_job_records",
+    "parse_job_runs",
+    "parse_key_values",
+    "parse_requeue_codes",
+    "parse_scontrol",
+    "parse_squeue",
+    "parse_time",
+    "readable",
+)
+
+_Parsed = TypeVar("_Parsed")
+
+# Comment first, as in the cache files of StepUp Queue 1.1.0 (see parse_squeue).
+SQUEUE_FORMAT = "%i|%T|%k|%r|%Z"
+# What tells the job of a submission (see `identity.find_by_token`), as sacct fields. WorkDir
+# last: it is the one field of our jobs that may contain a `|`.
+SUBMISSION_FIELDS = ("JobIDRaw", "State", "Submit", "Comment", "WorkDir")
+# The same fields as a squeue format. slurmctld knows a job as soon as sbatch returns, sacct
+# only once slurmctld has sent it to the accounting database (a second later here, much later
+# on a busy cluster).
+SUBMISSION_FORMAT = "%i|%T|%V|%k|%Z"
+# How far apart two times of one event in SLURM's records may be: sacct shows whole seconds, and
+# the controller's clock may be a little behind ours. Short, so that an older job from the same
+# folder is not taken for a newer one.
+CLOCK_SLACK = timedelta(seconds=10)
+
+
+class Listing(NamedTuple):
+    """What a status query says about each job it lists, job id → value.
+
+    Attributes
+    ----------
+    states
+        The SLURM state of every job listed.
+    comments
+        The comment of jobs that have one.
+    reasons
+        Why a pending job waits (squeue's `%r`, e.g. `Priority`, `PartitionTimeLimit`).
+    workdirs
+        The folder each job runs in.
+    """
+
+    states: dict[int, str]
+    comments: dict[int, str]
+    reasons: dict[int, str]
+    workdirs: dict[int, str]
+
+    @classmethod
+    def empty(cls) -> "Listing":
+        return cls({}, {}, {}, {})
+
+    def active(self) -> list[int]:
+        """The jobs listed that have not ended: those that count against a submit limit."""
+        return sorted(job_id for job_id, state in self.states.items() if is_active(state))
+
+
+class UnreadableOutputError(ValueError):
+    """SLURM printed a line that StepUp Queue cannot read: the answer is no proof of anything."""
+
+    def __init__(self, line: str):
+        super().__init__(f"SLURM printed a line that StepUp Queue cannot read: {line!r}")
+
+
+def _job_id(line: str, field: str) -> int | None:
+    """The job of a line of squeue or sacct, from its job id field.
+
+    The components `ID+N` of a heterogeneous job count as job `ID`. Array tasks (`ID_N`,
+    `ID_[N-M]`), no job of StepUp Queue, job steps (`ID.batch`) and a header line give `None`.
+    Anything else raises UnreadableOutputError.
+    """
+    if field in ("JOBID", "JobIDRaw"):
+        return None
+    match = _RE_JOB_ID.fullmatch(field)
+    if match is None:
+        raise UnreadableOutputError(line)
+    return None if match.group(2) else int(match.group(1))
+
+
+_RE_JOB_ID = re.compile(r"([0-9]+)(?:\+[0-9]+)?((?:_[0-9\[]|\.)[^|]*)?")
+
+
+def readable(parse: Callable[..., _Parsed], text: str, *args) -> _Parsed | None:
+    """`parse(text, *args)`; `None` when SLURM printed a line that cannot be read."""
+    try:
+        return parse(text, *args)
+    except UnreadableOutputError:
+        return None
+
+
+def parse_squeue(text: str) -> Listing:
+    """Parse `squeue -h -o '%i|%T|%k|%r|%Z'` output (a `CLUSTER:` line from -M is skipped).
+
+    A comment or a work directory may contain `|`, a pending reason never does: the work
+    directory starts at the first `|REASON|/`. Lines with only `%i|%T|%k` (the cache files of
+    StepUp Queue 1.1.0) give no reason or work directory. The components `ID+N` of a
+    heterogeneous job count as job `ID`, which has not ended while one of them has not. Array
+    tasks are skipped.
+
+    Raises
+    ------
+    UnreadableOutputError
+        For any other line: a job it hides must not be taken for a job that ended.
+    """
+    listing = Listing.empty()
+    for line in map(str.strip, text.splitlines()):
+        if line == "" or line.startswith("CLUSTER: "):
+            continue
+        match = _RE_SQUEUE_LINE.fullmatch(line)
+        if match is not None:
+            job, state, comment, reason, workdir = match.groups()
+        else:
+            job, _, rest = line.partition("|")
+            state, bar, comment = rest.partition("|")
+            reason = workdir = ""
+            if bar == "" or state == "":
+                raise UnreadableOutputError(line)
+        job_id = _job_id(line, job)
+        if job_id is None:
+            continue
+        if not is_active(listing.states.get(job_id)):
+            listing.states[job_id] = state
+            if reason not in ("", "None"):
+                listing.reasons[job_id] = reason
+        if comment not in ("", "(null)"):
+            listing.comments[job_id] = comment
+        if workdir != "":
+            listing.workdirs[job_id] = workdir
+    return listing
+
+
+_RE_SQUEUE_LINE = re.compile(r"([^|]*)\|([^|]*)\|(.*?)\|([^|]*)\|(/.*)")
+
+
+_RE_SCONTROL_JOB = re.compile(r"^JobId=([0-9]+)\s", re.MULTILINE)
+_RE_SCONTROL_UID = re.compile(r"\bUserId=\S*?\(([0-9]+)\)")
+_RE_SCONTROL_FIELDS = {
+    "states": re.compile(r"\bJobState=([A-Z_]+)"),
+    "comments": re.compile(r"\bComment=(\S+)"),
+    "reasons": re.compile(r"\bReason=([A-Za-z0-9_]+)"),
+    "workdirs": re.compile(r"\bWorkDir=(\S+)"),
+}
+
+
+def parse_scontrol(text: str) -> Listing:
+    """Parse `scontrol show job` output, in the multi-line or the one-line (-o) format.
+
+    The jobs of other users (`UserId`) are left out, as `squeue --me` leaves them out: they
+    must not count against the user's submit limit.
+
+    Raises
+    ------
+    UnreadableOutputError
+        When the text before the first job is not empty or `No jobs in the system`, or when
+        a job has no state.
+    """
+    listing = Listing.empty()
+    matches = list(_RE_SCONTROL_JOB.finditer(text))
+    head = text[: matches[0].start()] if matches else text
+    if head.strip() not in ("", "No jobs in the system"):
+        raise UnreadableOutputError(head.strip().splitlines()[0])
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        block = text[match.start() : end]
+        job_id = int(match.group(1))
+        if _RE_SCONTROL_FIELDS["states"].search(block) is None:
+            raise UnreadableOutputError(block.splitlines()[0])
+        user = _RE_SCONTROL_UID.search(block)
+        if user is not None and int(user.group(1)) != os.getuid():
+            continue
+        for name, pattern in _RE_SCONTROL_FIELDS.items():
+            found = pattern.search(block)
+            if found is not None and found.group(1) != "None":
+                getattr(listing, name)[job_id] = found.group(1)
+    return listing
+
+
+def parse_job_records(
+    text: str, fields: tuple[str, ...] = SUBMISSION_FIELDS
+) -> dict[int, dict[str, str]]:
+    """Parse `sacct -X -n -P -o <fields>` output; the first field must be `JobIDRaw`.
+
+    Also reads squeue's output in the same fields, where the job id field is squeue's `%i`.
+    Of a job with several records (`sacct -D`), the last one is kept: see `parse_job_runs`.
+
+    Returns
+    -------
+    jobs
+        Job id → {field name: value} for the fields after `JobIDRaw`.
+    """
+    return {job_id: runs[-1] for job_id, runs in parse_job_runs(text, fields).items()}
+
+
+def parse_job_runs(
+    text: str, fields: tuple[str, ...] = SUBMISSION_FIELDS
+) -> dict[int, list[dict[str, str]]]:
+    """Parse `sacct -X -n -P -o <fields>` output, with every record of a job id (`-D`).
+
+    The first field must be `JobIDRaw`. The last field takes the rest of the line, so it may
+    contain `|`. Fields missing at the end of a line are empty. A state like `CANCELLED by 0`
+    becomes `CANCELLED`, an empty one `UNKNOWN`. Array tasks are skipped (see `parse_squeue`).
+
+    Returns
+    -------
+    jobs
+        Job id → the records of that id in the order printed, each {field name: value} for
+        the fields after `JobIDRaw`.
+
+    Raises
+    ------
+    UnreadableOutputError
+        For a line that holds no job id and a field after it.
+    """
+    jobs: dict[int, list[dict[str, str]]] = {}
+    for line in map(str.strip, text.splitlines()):
+        if line == "":
+            continue
+        parts = line.split("|", len(fields) - 1)
+        if len(parts) < 2:
+            raise UnreadableOutputError(line)
+        job_id = _job_id(line, parts[0])
+        if job_id is None:
+            continue
+        parts += [""] * (len(fields) - len(parts))
+        record = dict(zip(fields[1:], parts[1:], strict=True))
+        if "State" in record:
+            record["State"] = record["State"].split()[0] if record["State"].strip() else "UNKNOWN"
+        jobs.setdefault(job_id, []).append(record)
+    return jobs
+
+
+def parse_time(text: str) -> datetime:
+    """A time printed by SLURM (with standard time stamps); `datetime.min` when unknown."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.min
+
+
+_RE_KEY_VALUE = re.compile(r"(\w+)=(\S*)")
+
+
+def parse_key_values(text: str) -> list[dict[str, str]]:
+    """Parse `scontrol show KIND -o`: one dictionary of `Key=Value` pairs per record.
+
+    Values that hold spaces (a job's Command or Comment) are cut at the first space: the
+    callers read only limits, counts, states and names. `CLUSTER:` lines (from -M) are skipped.
+    """
+    return [
+        dict(_RE_KEY_VALUE.findall(line))
+        for line in text.splitlines()
+        if "=" in line and not line.startswith("CLUSTER:")
+    ]
+
+
+_RE_CLUSTER_NAME = re.compile(r"^ClusterName\s*=\s*(\S+)\s*$", re.MULTILINE)
+
+
+def parse_cluster_name(config: str) -> str | None:
+    """The ClusterName in `scontrol show config` output, `None` when it names none."""
+    match = _RE_CLUSTER_NAME.search(config)
+    return None if match is None else match.group(1)
+
+
+_RE_REQUEUE_EXIT = re.compile(r"^(RequeueExit|RequeueExitHold)\s*=\s*(\S*)\s*$", re.MULTILINE)
+
+
+def parse_requeue_codes(config: str) -> frozenset[int] | None:
+    """The exit codes of a batch script after which SLURM runs the job again.
+
+    Parameters
+    ----------
+    config
+        The output of `scontrol show config`.
+
+    Returns
+    -------
+    codes
+        The codes in `RequeueExit` and `RequeueExitHold` (lists of codes and ranges, e.g.
+        `1-9,18`); `None` for a list it cannot parse.
+    """
+    codes = set()
+    for _, value in _RE_REQUEUE_EXIT.findall(config):
+        if value == "(null)":
+            continue
+        for part in value.split(","):
+            first, _, last = part.partition("-")
+            if not (first.isdigit() and (last == "" or last.isdigit())):
+                return None
+            codes.update(range(int(first), int(last or first) + 1))
+    return frozenset(codes)
+
+
+def last_run(runs: list[dict[str, str]]) -> dict[str, str]:
+    """The record of a job's last run, with `FirstSubmit`: the `Submit` of its first run.
+
+    A run that SLURM requeued ends when the next one is submitted. An earlier record of the
+    same id that ended at another time (or in another folder) is an older job whose id was
+    reused: it is no run of this job.
+
+    Parameters
+    ----------
+    runs
+        The records of one job id (`sacct -D`, with `Submit`, `End` and `WorkDir`), in any
+        order.
+    """
+    runs = sorted(runs, key=lambda run: parse_time(run["Submit"]))
+    first = len(runs) - 1
+    while first > 0:
+        earlier, later = runs[first - 1], runs[first]
+        gap = abs(parse_time(later["Submit"]) - parse_time(earlier["End"]))
+        if gap > CLOCK_SLACK or earlier["WorkDir"] != later["WorkDir"]:
+            break
+        first -= 1
+    return runs[-1] | {"FirstSubmit": runs[first]["Submit"]}

@@ -1,0 +1,238 @@
+"""The queries that read SLURM's state: squeue, sacct and scontrol show.
+
+Each runs one command (see `commands.run_command`) and returns what its parser makes of the
+answer, or `None` when SLURM did not answer or printed something unreadable: the callers treat
+that as "not known", never as "no such job". The status query that every waiting step shares
+goes through the cache (see `cache.StateCache`) instead.
+"""
+
+import os
+from collections.abc import Iterable
+from datetime import datetime
+
+from .commands import CommandResult, cluster_args, is_transient, run_command
+from .parsers import (
+    CLOCK_SLACK,
+    SQUEUE_FORMAT,
+    SUBMISSION_FIELDS,
+    SUBMISSION_FORMAT,
+    Listing,
+    last_run,
+    parse_cluster_name,
+    parse_job_records,
+    parse_job_runs,
+    parse_key_values,
+    parse_requeue_codes,
+    parse_squeue,
+    readable,
+)
+
+__all__ = (
+    "ACCOUNT_FIELDS",
+    "HISTORY_FIELDS",
+    "accounted_submissions",
+    "default_cluster_name",
+    "listed_submissions",
+    "query_jobs",
+    "requeue_exit_codes",
+    "sacct_records",
+    "show_config",
+    "show_records",
+    "squeue_command",
+)
+
+
+def squeue_command(cluster: str | None) -> list[str]:
+    """The query for the states and comments of all of this user's jobs SLURM still knows."""
+    return ["squeue", *cluster_args(cluster), "--me", "-t", "all", "-h", "-o", SQUEUE_FORMAT]
+
+
+def query_jobs(job_ids: Iterable[int], cluster: str | None, timeout: float) -> Listing | None:
+    """Ask squeue now, not through the cache, about some of the user's jobs.
+
+    Returns
+    -------
+    listing
+        What squeue lists of these jobs; `None` when it failed.
+    """
+    ids = ",".join(map(str, sorted(job_ids)))
+    result = run_command([*squeue_command(cluster), "-j", ids], timeout=timeout)
+    # squeue fails for ids it no longer knows at all, which is an answer as well.
+    if result.returncode != 0 and "invalid job id" not in result.stderr.lower():
+        return None
+    return readable(parse_squeue, result.stdout)
+
+
+# User before WorkDir, the field that takes the rest of the line; End tells the runs of a
+# requeued job (see `last_run`).
+ACCOUNT_FIELDS = ("JobIDRaw", "State", "Submit", "End", "User", "WorkDir")
+# The fields `stepup jobs` shows: those of ACCOUNT_FIELDS (to tell whether the job is the
+# logged one), times and exit code.
+HISTORY_FIELDS = ("JobIDRaw", "State", "ExitCode", "Submit", "Start", "End", "User", "WorkDir")
+
+
+def sacct_records(
+    job_ids: Iterable[int],
+    cluster: str | None,
+    timeout: float,
+    fields: tuple[str, ...] = ACCOUNT_FIELDS,
+) -> dict[int, dict[str, str]] | None:
+    """Ask the accounting database about jobs of any user, in one call.
+
+    Every run of a requeued job has a record of its own, each with the time of its requeue as
+    its `Submit` (sacct -D lists them all). A job's record is that of its last run, with the
+    `Submit` of its first run added as `FirstSubmit`: that time does not change on requeue.
+
+    Parameters
+    ----------
+    job_ids
+        The jobs to look up.
+    cluster
+        The cluster name (as in `sbatch -M`), `None` for the default cluster.
+    timeout
+        Seconds after which sacct is killed.
+    fields
+        The fields to ask, `JobIDRaw` first and `WorkDir` last: `ACCOUNT_FIELDS`, or
+        `HISTORY_FIELDS` (also times as `YYYY-MM-DDTHH:MM:SS`, or `Unknown`/`None` when not yet
+        known, and the exit code).
+
+    Returns
+    -------
+    records
+        Job id → the fields after `JobIDRaw` and `FirstSubmit`, for the jobs sacct knows;
+        `None` when sacct failed.
+    """
+    ids = ",".join(map(str, sorted(job_ids)))
+    args = ["sacct", *cluster_args(cluster), "-X", "-D", "-n", "-P", "-a", "-j", ids]
+    result = run_command([*args, "-o", ",".join(fields)], timeout=timeout)
+    if result.returncode != 0:
+        return None
+    runs = readable(parse_job_runs, result.stdout, fields)
+    return None if runs is None else {job_id: last_run(rs) for job_id, rs in runs.items()}
+
+
+# Successful answers of `scontrol show config`: a step asks for the name of the default cluster
+# and, after a non-zero exit code, for the requeue codes. Keyed by what selects the answer: the
+# cluster, and the SLURM installation (PATH and SLURM_CONF, which a cluster module changes).
+_CONFIGS: dict[tuple[str | None, str | None, str | None], CommandResult] = {}
+
+
+def show_config(cluster: str | None, timeout: float) -> CommandResult:
+    """SLURM's configuration (`scontrol show config`), asked once per process when it answers.
+
+    Parameters
+    ----------
+    cluster
+        The cluster name (as in `sbatch -M`), `None` for the default cluster.
+    timeout
+        Seconds after which scontrol is killed.
+    """
+    key = (cluster, os.environ.get("SLURM_CONF"), os.environ.get("PATH"))
+    result = _CONFIGS.get(key)
+    if result is None:
+        args = ["scontrol", *cluster_args(cluster), "show", "config"]
+        result = run_command(args, timeout=timeout)
+        if result.returncode == 0:
+            _CONFIGS[key] = result
+    return result
+
+
+def default_cluster_name(timeout: float) -> tuple[str | None, str]:
+    """The ClusterName of the default cluster, asked once per process when SLURM answers.
+
+    Returns
+    -------
+    name, failure
+        The name, or `None` with why SLURM could not name it.
+    """
+    result = show_config(None, timeout)
+    if result.returncode != 0:
+        return None, result.describe()
+    name = parse_cluster_name(result.stdout)
+    return name, "" if name is not None else f"`{result.command}` names no ClusterName."
+
+
+def show_records(
+    kind: str, name: str | int | None, cluster: str | None, timeout: float
+) -> list[dict[str, str]] | None:
+    """`scontrol show KIND [NAME] -o`, one dictionary of `Key=Value` pairs per record.
+
+    Parameters
+    ----------
+    kind
+        `job` or `partition`.
+    name
+        A job id or partition name; `None` for all.
+    cluster
+        The cluster name (as in `sbatch -M`), `None` for the default cluster.
+    timeout
+        Seconds after which scontrol is killed.
+
+    Returns
+    -------
+    records
+        See `parsers.parse_key_values`; `None` when scontrol did not answer.
+    """
+    args = ["scontrol", *cluster_args(cluster), "show", kind, "-o"]
+    result = run_command([*args, *([] if name is None else [str(name)])], timeout=timeout)
+    return parse_key_values(result.stdout) if result.returncode == 0 else None
+
+
+def requeue_exit_codes(cluster: str | None, timeout: float) -> frozenset[int] | None:
+    """The exit codes of a batch script after which SLURM runs the job again.
+
+    Parameters
+    ----------
+    cluster
+        The cluster name (as in `sbatch -M`), `None` for the default cluster.
+    timeout
+        Seconds after which scontrol is killed.
+
+    Returns
+    -------
+    codes
+        See `parsers.parse_requeue_codes`; `None` when scontrol failed or printed a list that
+        cannot be parsed.
+    """
+    result = show_config(cluster, timeout)
+    return parse_requeue_codes(result.stdout) if result.returncode == 0 else None
+
+
+def listed_submissions(cluster: str | None, timeout: float) -> dict[int, dict[str, str]] | None:
+    """Every job of the user that slurmctld still holds, in the fields `SUBMISSION_FIELDS`.
+
+    Returns
+    -------
+    records
+        Job id → {field: value}, with an empty `Comment` for a job without one; `None` when
+        squeue did not answer or printed something unreadable.
+    """
+    args = ["squeue", *cluster_args(cluster), "--me", "-t", "all", "-h", "-o", SUBMISSION_FORMAT]
+    result = run_command(args, timeout=timeout)
+    if result.returncode != 0:
+        return None
+    records = readable(parse_job_records, result.stdout)
+    for record in (records or {}).values():
+        if record["Comment"] == "(null)":
+            record["Comment"] = ""
+    return records
+
+
+def accounted_submissions(
+    cluster: str | None, since: datetime, timeout: float
+) -> dict[int, dict[str, str]] | None:
+    """The user's jobs that the accounting knows, submitted since `since` (minus CLOCK_SLACK).
+
+    Returns
+    -------
+    records
+        Job id → {field: value} in the fields `SUBMISSION_FIELDS`; empty without accounting
+        (squeue's list has to do then); `None` when sacct should be asked again later
+        (slurmdbd down) or printed something unreadable.
+    """
+    start = (since - CLOCK_SLACK).strftime("%Y-%m-%dT%H:%M:%S")
+    args = ["sacct", *cluster_args(cluster), "-X", "-n", "-P", "-S", start]
+    result = run_command([*args, "-o", ",".join(SUBMISSION_FIELDS)], timeout=timeout)
+    if result.returncode != 0:
+        return None if is_transient(result) else {}
+    return readable(parse_job_records, result.stdout)
