@@ -36,6 +36,7 @@ def host(major: int, monkeypatch):
         ("out", "slurmjob.out"),
         (".err", "slurmjob.err"),
         (".ret", "slurmjob.ret"),
+        ("retries", "slurmjob.retries"),
     ],
 )
 def test_reserved_ext_refused(steps, ext, name):
@@ -140,3 +141,37 @@ def test_stepup4_block(steps, resources, expected):
 
 def test_parse_sbatch_args_of_stepup3_action():
     assert parse_sbatch_args(" .py --rc='a b'").rc == "a b"
+
+
+@pytest.mark.parametrize("major", [3, 4])
+def test_retries_leave_the_command_alone(steps, monkeypatch, tmp_path, major):
+    """retries and retry_on go into slurmjob.retries, never into the step's command (its
+    identity and digest): the command is that of a step without them, and a plan without them
+    removes the file again."""
+    host(major, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    sbatch("job/", retries=2, retry_on="TIMEOUT")
+    sbatch("job/")
+    assert [command for command, _ in steps] == [step_command(major, ".sh", None, None)] * 2
+    assert not (tmp_path / "job/slurmjob.retries").exists()
+    sbatch("job/", retries=2, retry_on=("TIMEOUT", "OUT_OF_MEMORY"))
+    settings = (tmp_path / "job/slurmjob.retries").read_text()
+    assert settings == '{"retries": 2, "retry_on": ["TIMEOUT", "OUT_OF_MEMORY"]}\n'
+    assert [command for command, _ in steps][-1] == step_command(major, ".sh", None, None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"retries": -1}, r"retries=-1\): use a whole number >= 0"),
+        ({"retries": 1.5}, r"retries=1.5\): use a whole number >= 0, or None"),
+        ({"retries": True}, r"retries=True\): use a whole number >= 0, or None"),
+        ({"retry_on": "FAILED"}, r"retry_on=...\): retry_on names FAILED, after which"),
+    ],
+)
+def test_retries_checked(steps, monkeypatch, tmp_path, kwargs, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        sbatch("job/", **kwargs)
+    assert steps == []
+    assert not (tmp_path / "job").exists()

@@ -8,7 +8,14 @@ import pytest
 from path import Path
 
 from stepup.queue.slurm.parsers import parse_squeue
-from stepup.queue.states import FINAL_STATES, STATES, hopeless_fix, is_active
+from stepup.queue.states import (
+    FINAL_STATES,
+    INFRASTRUCTURE_STATES,
+    STATES,
+    hopeless_fix,
+    is_active,
+    retried_states,
+)
 
 # A state in JOB STATE CODES of the man pages, e.g. `\fBCA  CANCELLED\fR` (squeue) or
 # `\f3CA  CANCELLED\fP` (sacct).
@@ -102,3 +109,27 @@ def test_hopeless_reasons(reason):
 )
 def test_reasons_that_resolve_by_themselves(reason):
     assert hopeless_fix(reason) is None
+
+
+def test_infrastructure_failures_are_retried_by_default():
+    assert retried_states(()) == {"NODE_FAIL", "BOOT_FAIL", "PREEMPTED"}
+    assert INFRASTRUCTURE_STATES <= FINAL_STATES
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "extra"),
+    [
+        (["TIMEOUT"], {"TIMEOUT"}),
+        (["timeout", " OUT_OF_MEMORY"], {"TIMEOUT", "OUT_OF_MEMORY"}),
+        (["NODE_FAIL"], set()),
+    ],
+)
+def test_retry_on_adds_states(retry_on, extra):
+    assert retried_states(retry_on) == INFRASTRUCTURE_STATES | extra
+
+
+@pytest.mark.parametrize("state", ["COMPLETED", "FAILED", "CANCELLED", "DEADLINE", "RUNNING", "T"])
+def test_other_states_are_never_retried(state):
+    """A job's own failure (or a cancellation by a person) would fail again: never retried."""
+    with pytest.raises(ValueError, match=f"retry_on names {state}, after which a job is never"):
+        retried_states([state])

@@ -10,12 +10,16 @@ import shlex
 from collections.abc import Collection
 from importlib.metadata import version
 
+from path import Path
 from stepup.core import api as core
 from stepup.core.stepinfo import StepInfo
 
+from .attempts import write_retry_settings
+from .states import retried_states
+
 __all__ = ("sbatch",)
 
-_RESERVED_EXTS = (".log", ".out", ".err", ".ret")
+_RESERVED_EXTS = (".log", ".out", ".err", ".ret", ".retries")
 _ONCHANGE_VALUES = ("raise", "resubmit", "ignore")
 # StepUp 4 replaced `block=True` by a resource that no build offers.
 BLOCK_RESOURCE = "stepup-queue-blocked"
@@ -70,6 +74,8 @@ def sbatch(
     block: bool = False,
     resources: dict[str, int] | str | None = None,
     duration: float | None = None,
+    retries: int | None = None,
+    retry_on: Collection[str] | str = (),
 ) -> StepInfo:
     """Add a step that submits a SLURM job once and waits for it to finish.
 
@@ -93,6 +99,9 @@ def sbatch(
     - `slurmjob.log`: StepUp Queue's record of the submission and the states of the job.
     - `slurmjob.out`, `slurmjob.err`: the job's standard output and error, written by SLURM.
     - `slurmjob.ret`: the exit code of the job script.
+    - `slurmjob.retries`: the `retries` and `retry_on` arguments, when given (see below).
+    - `slurmjob.log.N`, `slurmjob.out.N`, `slurmjob.err.N`: the files of earlier attempts,
+      when the job was submitted again after an infrastructure failure.
 
     Parameters
     ----------
@@ -132,6 +141,16 @@ def sbatch(
         `stepup build --resources slurm:50` to limit how many jobs wait at once.
     duration
         StepUp 4 only: an estimate of the step's duration in seconds, for scheduling.
+    retries
+        How often the job is submitted again when SLURM ends it with an infrastructure
+        failure (NODE_FAIL, BOOT_FAIL, PREEMPTED), before the step fails. `None` follows
+        `STEPUP_QUEUE_RETRIES` (default 0). A job that SLURM requeues itself is not retried
+        by StepUp Queue. The setting is kept in `slurmjob.retries`, not in the step's
+        command, so changing it never counts as a change of the job's inputs: a job that
+        finished is not submitted again.
+    retry_on
+        More end states after which the job is submitted again: `"TIMEOUT"` and/or
+        `"OUT_OF_MEMORY"` (sensible for a job that continues from a checkpoint).
 
     Returns
     -------
@@ -171,6 +190,7 @@ def sbatch(
             f"onchange={onchange!r} is not allowed: use one of {', '.join(_ONCHANGE_VALUES)}, "
             "or None to follow STEPUP_QUEUE_ONCHANGE."
         )
+    _check_retries(workdir, retries, retry_on)
     major = stepup_major()
     command = step_command(major, ext, rc, onchange)
     paths = {
@@ -179,6 +199,8 @@ def sbatch(
         "out": ["slurmjob.out", "slurmjob.err", "slurmjob.ret", *_as_list(out)],
         "vol": ["slurmjob.log", *_as_list(vol)],
     }
+    # Before the step exists, so that it cannot run without its settings.
+    write_retry_settings(Path(workdir), retries, tuple(_as_list(retry_on)))
     if major < 4:
         for name, value in ("resources", resources), ("duration", duration):
             if value is not None:
@@ -204,6 +226,20 @@ def sbatch(
         resources=resources,
         duration=duration,
     )
+
+
+def _check_retries(workdir: str, retries: int | None, retry_on: Collection[str] | str):
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)):
+        raise ValueError(
+            f"sbatch({workdir!r}, retries={retries!r}): use a whole number >= 0, or None to "
+            "follow STEPUP_QUEUE_RETRIES."
+        )
+    if retries is not None and retries < 0:
+        raise ValueError(f"sbatch({workdir!r}, retries={retries}): use a whole number >= 0.")
+    try:
+        retried_states(_as_list(retry_on))
+    except ValueError as exc:
+        raise ValueError(f"sbatch({workdir!r}, retry_on=...): {exc}") from None
 
 
 def _resources(resources: dict[str, int] | str | None) -> dict[str, int]:

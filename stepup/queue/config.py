@@ -100,6 +100,10 @@ class Config:
     runaway_timeout
         `STEPUP_SBATCH_RUNAWAY_TIMEOUT`: seconds a job may be missing from squeue while the
         accounting still says it is pending or running (a runaway job) before the step fails.
+    retries
+        `STEPUP_QUEUE_RETRIES`: how often a job that SLURM ended with an infrastructure
+        failure (NODE_FAIL, BOOT_FAIL, PREEMPTED) is submitted again, unless `sbatch(retries=...)`
+        sets it for the step. 0 by default: the step fails.
     cache_dir
         Where the shared scheduler cache lives: `$XDG_CACHE_HOME/stepup-queue`,
         `~/.cache/stepup-queue`, or `STEPUP_QUEUE_CACHE_DIR` when set.
@@ -126,6 +130,7 @@ class Config:
     ret_timeout: float = 60.0
     hopeless_grace: float = 300.0
     runaway_timeout: float = 600.0
+    retries: int = 0
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/stepup-queue").expanduser())
     warnings: tuple[str, ...] = ()
 
@@ -171,6 +176,7 @@ class Config:
             ret_timeout=_read_float(environ, "STEPUP_SBATCH_RET_TIMEOUT", 60.0),
             hopeless_grace=_read_float(environ, "STEPUP_SBATCH_HOPELESS_GRACE", 300.0),
             runaway_timeout=_read_float(environ, "STEPUP_SBATCH_RUNAWAY_TIMEOUT", 600.0),
+            retries=int(_read_float(environ, "STEPUP_QUEUE_RETRIES", 0, 0, True)),
             cache_dir=_cache_dir(environ),
             warnings=tuple(
                 f"{name} (a variable of the original StepUp Queue 2.x) is ignored: {why}. "

@@ -1,6 +1,6 @@
 """The errors with which a job step fails, each with a message that says what to do."""
 
-__all__ = ("JobError", "SubmitInterrupted")
+__all__ = ("JobError", "RetryError", "SubmitInterrupted")
 
 
 class JobError(RuntimeError):
@@ -20,3 +20,17 @@ class SubmitInterrupted(KeyboardInterrupt):
     def __init__(self, maybe_submitted: bool):
         super().__init__()
         self.maybe_submitted = maybe_submitted
+
+
+class RetryError(Exception):
+    """SLURM ended the job in a state after which it is submitted again (see `retries`).
+
+    Attributes
+    ----------
+    state
+        SLURM's end state, e.g. `NODE_FAIL`.
+    """
+
+    def __init__(self, state: str):
+        super().__init__(state)
+        self.state = state

@@ -8,11 +8,13 @@ import os
 
 from path import Path
 
+from .attempts import archive_attempt, earlier_attempts, read_retry_settings
 from .config import Config, OnChange
-from .errors import JobError
+from .errors import JobError, RetryError
 from .joblog import (
     LOG_NAME,
     JobLog,
+    append_record,
     read_log,
     start_log,
 )
@@ -75,18 +77,85 @@ def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str
     if joblog is None:
         start_log(log_path, digest)
         joblog = JobLog(log_path, digest)
+    earlier = earlier_attempts(log_path, joblog.digest)
+    if earlier:
+        print(f"Earlier attempts: {_attempts(earlier)}")
+    while True:
+        try:
+            return _attempt(
+                joblog,
+                script,
+                rc=rc,
+                config=config,
+                env=env,
+                replaced=replaced,
+                retrying=bool(earlier),
+            )
+        except RetryError as exc:
+            # The end goes into the log, so that the kept log says how the attempt ended.
+            if read_log(log_path).last_state != exc.state:
+                append_record(log_path, exc.state)
+            joblog = read_log(log_path)
+            earlier.append(joblog)
+            retries = read_retry_settings(Path.cwd(), config.retries)[0]
+            if len(earlier) > retries:
+                raise _out_of_retries(earlier, retries) from None
+            number = archive_attempt(log_path)
+            print(
+                f"Job {joblog.job_id}{on_cluster(joblog)} ended with {exc.state}: submitting "
+                f"it again, attempt {len(earlier) + 1} of at most {retries + 1} (its files are "
+                f"kept as {LOG_NAME}.{number}, slurmjob.out.{number}, slurmjob.err.{number})"
+            )
+            # The new attempt continues the series of the same inputs.
+            start_log(log_path, joblog.digest)
+            joblog = JobLog(log_path, joblog.digest)
+            replaced = None
+
+
+def _attempt(
+    joblog: JobLog,
+    script: JobScript,
+    *,
+    rc: str | None,
+    config: Config,
+    env: dict[str, str],
+    replaced: int | None,
+    retrying: bool,
+) -> int:
+    """Submit the job of the log (or reattach to it), wait for its end and return its exit code.
+
+    Raises a RetryError when SLURM ended it with a state after which it is submitted again.
+    """
     # A fresh submission gives SLURM one cache period before its state is asked.
     first_query = config.cache_timeout
     if joblog.job_id is None:
         what = submit_once(joblog, script, rc, config, env, replaced=replaced)
-        joblog = read_log(log_path)
+        joblog = read_log(joblog.path)
         print(f"{what} job {joblog.job_id}{on_cluster(joblog)}")
     elif not joblog.done:
         verified_record(joblog, config)
         print(f"Waiting for job {joblog.job_id}{on_cluster(joblog)}, submitted earlier")
         first_query = 0.0
     state = joblog.last_state if joblog.done else wait_for_end(joblog, config, first_query)
-    return finish(joblog, state, config)
+    # Read only now: a change of the settings while the job ran counts.
+    retries, retried = read_retry_settings(Path.cwd(), config.retries)
+    return finish(joblog, state, config, retried if retries > 0 or retrying else frozenset())
+
+
+def _attempts(logs: list[JobLog]) -> str:
+    return ", ".join(
+        f"job {log.job_id}{on_cluster(log)} ({log.last_state or 'no end recorded'})" for log in logs
+    )
+
+
+def _out_of_retries(logs: list[JobLog], retries: int) -> JobError:
+    return JobError(
+        f"SLURM ended all {len(logs)} attempts of this job with a failure that is retried: "
+        f"{_attempts(logs)}. No retry is left (retries={retries}, set by sbatch(retries=...) "
+        f"in plan.py or STEPUP_QUEUE_RETRIES). See slurmjob.err (and slurmjob.err.N of the "
+        f"earlier attempts) in {Path.cwd()}. To try again, "
+        "raise retries and run the workflow again."
+    )
 
 
 def _inputs_changed(

@@ -11,6 +11,7 @@ import pwd
 import sys
 from collections.abc import Callable
 
+from .attempts import attempt_files
 from .joblog import LOG_NAME
 from .jobsearch import (
     FoundJob,
@@ -37,7 +38,8 @@ without an exit code. With --all, every ended job is selected, also those that s
 A job that SLURM (asked with one squeue call per cluster) lists as pending or running is never
 selected, and nothing is removed when SLURM cannot be asked. Without --commit, nothing is
 removed: the jobs are only listed. With --commit, slurmjob.log, slurmjob.out, slurmjob.err and
-slurmjob.ret of the selected jobs are removed, and nothing else (never the job script)."""
+slurmjob.ret of the selected jobs are removed, and those of earlier attempts (slurmjob.log.N,
+slurmjob.out.N, slurmjob.err.N), nothing else (never the job script)."""
 
 
 def removejobs_subcommand(subparsers: argparse._SubParsersAction, loader=None) -> Callable:
@@ -127,9 +129,10 @@ def _log_owner(job: FoundJob) -> str | None:
 
 def _remove_files(job: FoundJob) -> list[str]:
     """Remove the job's files; return error messages (empty when all went well)."""
-    for name in JOB_FILES:
-        # The folder as found on disk, not the normalized one printed in the table.
-        path = job.log.path.parent / name
+    # The folder as found on disk, not the normalized one printed in the table.
+    folder = job.log.path.parent
+    # Earlier attempts first: the next run must not count them for the fresh job.
+    for path in [*attempt_files(folder), *(folder / name for name in JOB_FILES)]:
         try:
             path.remove_p()
         except OSError as exc:

@@ -13,15 +13,19 @@ time or taking it for failed is not.
 """
 
 import re
+from collections.abc import Iterable
 
 __all__ = (
     "FAILED_STATES",
     "FINAL_STATES",
+    "INFRASTRUCTURE_STATES",
+    "OPT_IN_RETRY_STATES",
     "PARTITION_REASONS",
     "SCRIPT_ENDED_STATES",
     "STATES",
     "hopeless_fix",
     "is_active",
+    "retried_states",
 )
 
 # State → True when SLURM will not run the job's script again.
@@ -68,6 +72,32 @@ FAILED_STATES = FINAL_STATES - {"COMPLETED"}
 # The job script ran and ended by itself: slurmjob.ret should hold its exit code (perhaps after
 # a delay of the shared file system).
 SCRIPT_ENDED_STATES = frozenset({"COMPLETED", "FAILED"})
+
+# Failures of the cluster, not of the job: a new submission of the same script may well succeed.
+INFRASTRUCTURE_STATES = frozenset({"NODE_FAIL", "BOOT_FAIL", "PREEMPTED"})
+# Retried only when the user asks: the same job may hit its limit again, unless it continues
+# from a checkpoint.
+OPT_IN_RETRY_STATES = frozenset({"TIMEOUT", "OUT_OF_MEMORY"})
+
+
+def retried_states(retry_on: Iterable[str]) -> frozenset[str]:
+    """The end states after which a job is submitted again: the infrastructure failures and
+    those of `retry_on` (TIMEOUT, OUT_OF_MEMORY, or infrastructure states again).
+
+    Raises
+    ------
+    ValueError
+        When `retry_on` names another state, with the states that may be named.
+    """
+    allowed = INFRASTRUCTURE_STATES | OPT_IN_RETRY_STATES
+    extra = frozenset(state.strip().upper() for state in retry_on)
+    unknown = extra - allowed
+    if unknown:
+        raise ValueError(
+            f"retry_on names {', '.join(sorted(unknown))}, after which a job is never "
+            f"submitted again: use some of {', '.join(sorted(allowed))}."
+        )
+    return INFRASTRUCTURE_STATES | extra
 
 
 def is_active(state: str | None) -> bool:

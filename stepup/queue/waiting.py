@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from path import Path
 
 from .config import Config
-from .errors import JobError
+from .errors import JobError, RetryError
 from .joblog import (
     JobLog,
     append_record,
@@ -157,8 +157,14 @@ def _admitting_partitions(joblog: JobLog, config: Config) -> list[str] | None:
     return admitting_partitions(jobs[0], partitions)
 
 
-def finish(joblog: JobLog, state: str | None, config: Config) -> int:
-    """Return the exit code of the job's last run, or raise a JobError saying how it ended."""
+def finish(
+    joblog: JobLog, state: str | None, config: Config, retried: frozenset[str] = frozenset()
+) -> int:
+    """Return the exit code of the job's last run, or raise a JobError saying how it ended.
+
+    Raises a RetryError instead when SLURM ended the job (killed its script) in one of the
+    `retried` states.
+    """
     requeue_codes = None
     # SLURM's end state, once asked.
     end = None
@@ -190,9 +196,13 @@ def finish(joblog: JobLog, state: str | None, config: Config) -> int:
         if code != 0:
             if end is None and code > 128:
                 end = _signal_end(joblog, config)
+                if end in retried:
+                    raise RetryError(end)
             how = "" if end is None or end in SCRIPT_ENDED_STATES else f" (SLURM: {end})"
             print(f"Job {joblog.job_id} ended with exit code {code}{how}. See slurmjob.err.")
         return code
+    if code is None and state in retried:
+        raise RetryError(state)
     last = state or "no longer listed by SLURM"
     if isinstance(code, str):
         raise JobError(
