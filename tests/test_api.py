@@ -166,7 +166,10 @@ def test_retries_leave_the_command_alone(steps, monkeypatch, tmp_path, major):
         ({"retries": -1}, r"retries=-1\): use a whole number >= 0"),
         ({"retries": 1.5}, r"retries=1.5\): use a whole number >= 0, or None"),
         ({"retries": True}, r"retries=True\): use a whole number >= 0, or None"),
-        ({"retry_on": "FAILED"}, r"retry_on=...\): retry_on names FAILED, after which"),
+        (
+            {"retry_on": "FAILED"},
+            r"retry_on='FAILED'\) is not allowed: retry_on names FAILED, after which",
+        ),
     ],
 )
 def test_retries_checked(steps, monkeypatch, tmp_path, kwargs, match):

@@ -203,5 +203,5 @@ def test_killed_during_retry(workflow: Workflow, tmp_path):
     assert (log.job_id, log.token is not None) == (None, True)
     result = workflow.boot(timeout=300)
     assert result.returncode == 0, result.stdout
-    assert "Earlier attempts: job " in result.stdout
+    assert "Earlier attempts of this job: job " in result.stdout
     check_attempts(workflow, ["TIMEOUT", "COMPLETED"])

@@ -579,29 +579,80 @@ def test_slurmdbd_outage(workflow: Workflow, restore_slurm):
     assert "Traceback" not in output
 
 
-@pytest.mark.disruptive
-def test_node_failure(workflow: Workflow, restore_slurm):
-    """The node goes down under a running job: the step fails and names NODE_FAIL."""
-    workflow.plan(SIMPLE_PLAN)
-    workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --no-requeue\nsleep 300\n")
+def node_name() -> str:
+    return subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+
+
+def set_node(state: str, check: bool = True):
+    """`down` fails every job running on the (only) node with NODE_FAIL; `resume` restores it."""
+    command = ["scontrol", "update", f"nodename={node_name()}", f"state={state}"]
+    if state == "down":
+        command.append("reason=stepup-queue-test")
+    subprocess.run(command, check=check)
+
+
+def fail_node_under_job(workflow: Workflow) -> tuple[subprocess.Popen, int]:
+    """Start the workflow and take the node down once its job runs."""
     proc = workflow.popen()
     wait_for(lambda: submitted(workflow), 60, "submission")
     job_id = read_log(workflow.root / "job/slurmjob.log").job_id
     wait_for(lambda: scontrol_state(job_id) == "RUNNING", 60, "the job to run")
-    node = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
-    subprocess.run(
-        ["scontrol", "update", f"nodename={node}", "state=down", "reason=stepup-queue-test"],
-        check=True,
-    )
+    set_node("down")
+    return proc, job_id
+
+
+@pytest.mark.disruptive
+def test_node_failure(workflow: Workflow, restore_slurm):
+    """The node goes down under a running job: the step fails and names NODE_FAIL (no retries,
+    the default)."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --no-requeue\nsleep 300\n")
+    proc, job_id = fail_node_under_job(workflow)
     try:
         output, _ = proc.communicate(timeout=120)
     finally:
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
+        set_node("resume", check=False)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
     assert proc.returncode != 0
     assert f"Job {job_id} ended without an exit code" in output
     assert "Last state reported by SLURM: NODE_FAIL" in output
+    assert not (workflow.root / "job/slurmjob.log.1").exists()
+
+
+@pytest.mark.disruptive
+def test_node_failure_retried(workflow: Workflow, restore_slurm):
+    """retries=1: the node goes down under the job, which is submitted again and, once the node
+    is back, succeeds. SLURM ran one job per attempt."""
+    workflow.plan("""
+        static("job/", "job/slurmjob.sh")
+        sbatch("job/", retries=1)
+    """)
+    workflow.job(
+        "job",
+        '#!/usr/bin/env bash\n#SBATCH --no-requeue\necho "attempt of job $SLURM_JOB_ID"\n'
+        "if [ ! -e slurmjob.log.1 ]; then sleep 300; fi\n",
+    )
+    proc, job_id = fail_node_under_job(workflow)
+    log = workflow.root / "job/slurmjob.log"
+    try:
+        # The second attempt pends while the node is down.
+        wait_for(lambda: (log.parent / "slurmjob.log.1").exists() and submitted(workflow), 120)
+        set_node("resume")
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        set_node("resume", check=False)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    assert proc.returncode == 0, output
+    assert f"Job {job_id} ended with NODE_FAIL: submitting it again, attempt 2 of at most 2" in (
+        output
+    )
+    records = workflow.final_jobs(2)
+    assert [r["State"] for r in records] == ["NODE_FAIL", "COMPLETED"]
+    assert [int(r["JobIDRaw"]) for r in records] == [job_id, read_log(log).job_id]
+    assert read_log(log.parent / "slurmjob.log.1").last_state == "NODE_FAIL"
+    assert (log.parent / "slurmjob.out").read_text() == f"attempt of job {read_log(log).job_id}\n"
 
 
 @pytest.mark.disruptive

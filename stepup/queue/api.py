@@ -239,7 +239,9 @@ def _check_retries(workdir: str, retries: int | None, retry_on: Collection[str] 
     try:
         retried_states(_as_list(retry_on))
     except ValueError as exc:
-        raise ValueError(f"sbatch({workdir!r}, retry_on=...): {exc}") from None
+        raise ValueError(
+            f"sbatch({workdir!r}, retry_on={retry_on!r}) is not allowed: {exc}"
+        ) from None
 
 
 def _resources(resources: dict[str, int] | str | None) -> dict[str, int]:

@@ -79,7 +79,7 @@ def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str
         joblog = JobLog(log_path, digest)
     earlier = earlier_attempts(log_path, joblog.digest)
     if earlier:
-        print(f"Earlier attempts: {_attempts(earlier)}")
+        print(f"Earlier attempts of this job: {_attempts(earlier)}")
     while True:
         try:
             return _attempt(
