@@ -143,12 +143,11 @@ def test_parse_sbatch_args_of_stepup3_action():
     assert parse_sbatch_args(" .py --rc='a b'").rc == "a b"
 
 
-@pytest.mark.parametrize("major", [3, 4])
-def test_retries_leave_the_command_alone(steps, monkeypatch, tmp_path, major):
+def test_retries_leave_the_command_alone(steps, monkeypatch, tmp_path):
     """retries and retry_on go into slurmjob.retries, never into the step's command (its
     identity and digest): the command is that of a step without them, and a plan without them
     removes the file again."""
-    host(major, monkeypatch)
+    major = stepup_major()
     monkeypatch.chdir(tmp_path)
     sbatch("job/", retries=2, retry_on="TIMEOUT")
     sbatch("job/")

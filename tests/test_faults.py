@@ -656,6 +656,37 @@ def test_node_failure_retried(workflow: Workflow, restore_slurm):
 
 
 @pytest.mark.disruptive
+def test_node_failure_requeued_by_slurm(workflow: Workflow, restore_slurm):
+    """Without --no-requeue, SLURM requeues the job after the node failure (same id): that is
+    not an attempt. The step waits for the job's next run, and submits nothing."""
+    workflow.plan("""
+        static("job/", "job/slurmjob.sh")
+        sbatch("job/", retries=1)
+    """)
+    workflow.job(
+        "job",
+        '#!/usr/bin/env bash\necho "run ${SLURM_RESTART_COUNT:-0}"\n'
+        'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then sleep 300; fi\n',
+    )
+    proc, job_id = fail_node_under_job(workflow)
+    try:
+        wait_for(lambda: scontrol_state(job_id) not in (None, "RUNNING"), 60, "the requeue")
+        set_node("resume")
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        set_node("resume", check=False)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    assert proc.returncode == 0, output
+    log = workflow.root / "job/slurmjob.log"
+    assert read_log(log).job_id == job_id
+    assert not (log.parent / "slurmjob.log.1").exists()
+    (record,) = workflow.final_jobs(1)
+    assert (record["JobIDRaw"], record["State"]) == (str(job_id), "COMPLETED")
+    assert (log.parent / "slurmjob.out").read_text().endswith("run 1\n")
+
+
+@pytest.mark.disruptive
 def test_exactly_once_with_user_time_format(
     workflow: Workflow, tmp_path, accounting_without_comments
 ):

@@ -199,8 +199,6 @@ def sbatch(
         "out": ["slurmjob.out", "slurmjob.err", "slurmjob.ret", *_as_list(out)],
         "vol": ["slurmjob.log", *_as_list(vol)],
     }
-    # Before the step exists, so that it cannot run without its settings.
-    write_retry_settings(Path(workdir), retries, tuple(_as_list(retry_on)))
     if major < 4:
         for name, value in ("resources", resources), ("duration", duration):
             if value is not None:
@@ -208,6 +206,8 @@ def sbatch(
                     f"sbatch({workdir!r}, {name}=...) needs StepUp 4; this is StepUp "
                     f"{version('stepup')}. Remove the argument, or use pool= on StepUp 3."
                 )
+        # Before the step exists, so that it cannot run without its settings.
+        write_retry_settings(Path(workdir), retries, tuple(_as_list(retry_on)))
         return core.step(
             command, **paths, workdir=workdir, optional=optional, pool=pool, block=block
         )
@@ -218,6 +218,7 @@ def sbatch(
         )
     if block:
         resources = _resources(resources) | {BLOCK_RESOURCE: 1}
+    write_retry_settings(Path(workdir), retries, tuple(_as_list(retry_on)))
     return core.run(
         command,
         **paths,
