@@ -591,30 +591,48 @@ def set_node(state: str, check: bool = True):
     subprocess.run(command, check=check)
 
 
-def fail_node_under_job(workflow: Workflow) -> tuple[subprocess.Popen, int]:
-    """Start the workflow and take the node down once its job runs."""
+def through_node_failure(
+    workflow: Workflow, retries: int | None, script: str, resume_when=None
+) -> tuple[int, str, int]:
+    """Run a job, take the node down once it runs, and resume the node when `resume_when(job_id)`
+    holds (or once the workflow ended, when it is None).
+
+    Returns
+    -------
+    returncode, output, job_id
+        Of the workflow, and the first job.
+    """
+    args = "" if retries is None else f", retries={retries}"
+    workflow.plan(f"""
+        static("job/", "job/slurmjob.sh")
+        sbatch("job/"{args})
+    """)
+    workflow.job("job", script)
     proc = workflow.popen()
-    wait_for(lambda: submitted(workflow), 60, "submission")
-    job_id = read_log(workflow.root / "job/slurmjob.log").job_id
-    wait_for(lambda: scontrol_state(job_id) == "RUNNING", 60, "the job to run")
-    set_node("down")
-    return proc, job_id
+    try:
+        wait_for(lambda: submitted(workflow), 60, "submission")
+        job_id = read_log(workflow.root / "job/slurmjob.log").job_id
+        wait_for(lambda: scontrol_state(job_id) == "RUNNING", 60, "the job to run")
+        set_node("down")
+        if resume_when is not None:
+            wait_for(lambda: resume_when(job_id), 120, "the moment to resume the node")
+            # With ReturnToService=2, the node may have come back by itself.
+            set_node("resume", check=False)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        set_node("resume", check=False)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    return proc.returncode, output, job_id
 
 
 @pytest.mark.disruptive
 def test_node_failure(workflow: Workflow, restore_slurm):
     """The node goes down under a running job: the step fails and names NODE_FAIL (no retries,
     the default)."""
-    workflow.plan(SIMPLE_PLAN)
-    workflow.job("job", "#!/usr/bin/env bash\n#SBATCH --no-requeue\nsleep 300\n")
-    proc, job_id = fail_node_under_job(workflow)
-    try:
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        set_node("resume", check=False)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-    assert proc.returncode != 0
+    script = "#!/usr/bin/env bash\n#SBATCH --no-requeue\nsleep 300\n"
+    returncode, output, job_id = through_node_failure(workflow, None, script)
+    assert returncode != 0
     assert f"Job {job_id} ended without an exit code" in output
     assert "Last state reported by SLURM: NODE_FAIL" in output
     assert not (workflow.root / "job/slurmjob.log.1").exists()
@@ -624,27 +642,18 @@ def test_node_failure(workflow: Workflow, restore_slurm):
 def test_node_failure_retried(workflow: Workflow, restore_slurm):
     """retries=1: the node goes down under the job, which is submitted again and, once the node
     is back, succeeds. SLURM ran one job per attempt."""
-    workflow.plan("""
-        static("job/", "job/slurmjob.sh")
-        sbatch("job/", retries=1)
-    """)
-    workflow.job(
-        "job",
+    script = (
         '#!/usr/bin/env bash\n#SBATCH --no-requeue\necho "attempt of job $SLURM_JOB_ID"\n'
-        "if [ ! -e slurmjob.log.1 ]; then sleep 300; fi\n",
+        "if [ ! -e slurmjob.log.1 ]; then sleep 300; fi\n"
     )
-    proc, job_id = fail_node_under_job(workflow)
     log = workflow.root / "job/slurmjob.log"
-    try:
-        # The second attempt pends while the node is down.
-        wait_for(lambda: (log.parent / "slurmjob.log.1").exists() and submitted(workflow), 120)
-        set_node("resume")
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        set_node("resume", check=False)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-    assert proc.returncode == 0, output
+
+    # The second attempt pends while the node is down.
+    def second_submitted(_: int) -> bool:
+        return (log.parent / "slurmjob.log.1").exists() and submitted(workflow)
+
+    returncode, output, job_id = through_node_failure(workflow, 1, script, second_submitted)
+    assert returncode == 0, output
     assert f"Job {job_id} ended with NODE_FAIL: submitting it again, attempt 2 of at most 2" in (
         output
     )
@@ -659,25 +668,14 @@ def test_node_failure_retried(workflow: Workflow, restore_slurm):
 def test_node_failure_requeued_by_slurm(workflow: Workflow, restore_slurm):
     """Without --no-requeue, SLURM requeues the job after the node failure (same id): that is
     not an attempt. The step waits for the job's next run, and submits nothing."""
-    workflow.plan("""
-        static("job/", "job/slurmjob.sh")
-        sbatch("job/", retries=1)
-    """)
-    workflow.job(
-        "job",
+    script = (
         '#!/usr/bin/env bash\necho "run ${SLURM_RESTART_COUNT:-0}"\n'
-        'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then sleep 300; fi\n',
+        'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then sleep 300; fi\n'
     )
-    proc, job_id = fail_node_under_job(workflow)
-    try:
-        wait_for(lambda: scontrol_state(job_id) not in (None, "RUNNING"), 60, "the requeue")
-        set_node("resume")
-        output, _ = proc.communicate(timeout=300)
-    finally:
-        set_node("resume", check=False)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-    assert proc.returncode == 0, output
+    returncode, output, job_id = through_node_failure(
+        workflow, 1, script, lambda job_id: scontrol_state(job_id) not in (None, "RUNNING")
+    )
+    assert returncode == 0, output
     log = workflow.root / "job/slurmjob.log"
     assert read_log(log).job_id == job_id
     assert not (log.parent / "slurmjob.log.1").exists()

@@ -33,6 +33,9 @@ __all__ = ("run_job",)
 def run_job(ext: str, rc: str | None, digest: str, config: Config, env: dict[str, str]) -> int:
     """Submit the job in the current folder once, wait for it, and return its exit code.
 
+    When SLURM ends the job with a state that is retried (see `attempts`), the job is
+    submitted again, once per attempt, up to the number of retries.
+
     Parameters
     ----------
     ext
