@@ -142,3 +142,36 @@ def test_bare_submitting_record_of_2_0_1(workflow: Workflow, tmp_path):
     assert (job / "slurmjob.ret").read_text() == "0\n"
     (record,) = workflow.final_jobs(1)
     assert record["JobIDRaw"] == str(job_id)
+
+
+@pytest.mark.parametrize(("ours", "original"), [("ours3", "orig3"), ("ours4", "orig4")])
+def test_retried_job_finished_by_original(workflow: Workflow, ours: str, original: str):
+    """Ours retries a job after a TIMEOUT and is killed while the second attempt runs: the
+    original finishes that attempt, since slurmjob.log holds only the current attempt (the
+    originals take its first Submitted record for the job), and submits nothing."""
+    starter = run_with(workflow, ours)
+    starter.plan("""
+        static("job/", "job/slurmjob.sh")
+        sbatch("job/", retries=1, retry_on="TIMEOUT")
+    """)
+    starter.job(
+        "job",
+        "#!/usr/bin/env bash\n#SBATCH --time=0:05\n#SBATCH --no-requeue\n"
+        "if [ ! -e slurmjob.log.1 ]; then sleep 600; fi\ntouch started\nsleep 6\necho second\n",
+    )
+    job = workflow.root / "job"
+    proc = starter.popen()
+    wait_for((job / "started").exists, 300, "the second attempt to start")
+    starter.kill(proc)
+    job_id = read_log(job / "slurmjob.log").job_id
+    assert read_log(job / "slurmjob.log.1").last_state == "TIMEOUT"
+    # The original's sbatch() knows no retries: the step (command, digest) stays the same.
+    finisher = run_with(workflow, original)
+    finisher.plan(PLAN)
+    result = finisher.boot()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert read_log(job / "slurmjob.log").job_id == job_id
+    assert (job / "slurmjob.out").read_text() == "second\n"
+    records = workflow.final_jobs(2)
+    assert [r["JobIDRaw"] for r in records][-1] == str(job_id)
+    assert records[0]["State"] == "TIMEOUT"
