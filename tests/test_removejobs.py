@@ -130,6 +130,9 @@ def test_all_selects_succeeded_jobs(jobtools: JobTools):
     )
     (root / "corrupt").makedirs_p()
     (root / "corrupt/slurmjob.log").write_text("garbage\n")
+    # Files of an earlier attempt go with the job; the retry settings of sbatch() stay.
+    for name in "slurmjob.log.1", "slurmjob.out.1", "slurmjob.err.1", "slurmjob.retries":
+        (root / "completed" / name).write_text("")
 
     result = jobtools.run("removejobs")
     assert result.returncode == 0, result.stderr
@@ -150,8 +153,9 @@ def test_all_selects_succeeded_jobs(jobtools: JobTools):
         "held": ("keep", "still PENDING in SLURM"),
     }
     assert "Summary: found 4 jobs, removed 3, kept 1, errors 1." in result.stdout
-    for folder in "completed", "exit_only", "failed":
+    for folder in "exit_only", "failed":
         assert (root / folder).files() == []
+    assert [p.name for p in (root / "completed").files()] == ["slurmjob.retries"]
     assert {p.name for p in (root / "held").files()} == {"slurmjob.log", "slurmjob.ret"}
     assert (root / "corrupt/slurmjob.log").read_text() == "garbage\n"
 
