@@ -11,7 +11,8 @@ from matplotlib import dates
 from path import Path
 
 from stepup.queue.joblog import read_log
-from stepup.queue.jobs import JobRow, job_rows, jobs_tool
+from stepup.queue.jobrows import JobRow, job_rows
+from stepup.queue.jobs import jobs_tool
 from stepup.queue.jobsearch import search_jobs
 from stepup.queue.timeline import PLOT_HINT, draw_timeline
 
