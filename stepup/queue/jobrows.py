@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from .efficiency import Usage
 from .jobsearch import FoundJob, JobSearch
 from .states import FINAL_STATES
 
@@ -42,6 +43,9 @@ class JobRow:
     queued, ran
         Seconds the job waited in the queue and ran (up to now when it still does),
         `None` when unknown.
+    usage
+        What an ended job asked for and used according to sacct (CPU, memory, time limit),
+        `None` for a job that has not ended or that sacct does not know.
     """
 
     folder: str
@@ -57,6 +61,7 @@ class JobRow:
     ended: datetime | None
     queued: float | None
     ran: float | None
+    usage: Usage | None = None
 
     @property
     def has_ended(self) -> bool:
@@ -92,6 +97,7 @@ class JobRow:
             "ended": stamp(self.ended),
             "queued_seconds": self.queued,
             "ran_seconds": self.ran,
+            "efficiency": None if self.usage is None else self.usage.to_json(),
         }
 
 
@@ -179,6 +185,7 @@ def job_row(job: FoundJob, now: datetime) -> JobRow:
         ended=ended,
         queued=None if queued is None else max(queued.total_seconds(), 0.0),
         ran=None if ran is None else max(ran.total_seconds(), 0.0),
+        usage=job.usage if ended_state and record is not None else None,
     )
 
 

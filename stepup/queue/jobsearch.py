@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from path import Path
 
 from .config import Config, ConfigError
+from .efficiency import Usage, usage_by_run
 from .joblog import LOG_NAME, JobLog, JobLogError, find_logs, is_token, read_log
 from .slurm.commands import run_command
 from .slurm.identity import foreign_workdir, why_not_logged_job
 from .slurm.parsers import Listing, UnreadableOutputError, parse_squeue
-from .slurm.queries import HISTORY_FIELDS, sacct_records, squeue_command
+from .slurm.queries import HISTORY_FIELDS, sacct_query, squeue_command
 from .states import FAILED_STATES, FINAL_STATES
 from .tables import print_table
 from .version import add_version_argument
@@ -65,6 +66,9 @@ class FoundJob:
     history
         SLURM's accounting record of the job, also when squeue lists it; only asked for by
         `stepup jobs` (for the times and exit codes), else `None`.
+    usage
+        What the run of `history` asked for and used (CPU, memory, time), from the lines of
+        the job steps in the same sacct call; `None` without `history`.
     workdir
         The folder in which squeue lists the job, `None` when it is not listed.
     orphan
@@ -80,6 +84,7 @@ class FoundJob:
     token_id: int | None = None
     account: dict[str, str] | None = None
     history: dict[str, str] | None = None
+    usage: Usage | None = None
     workdir: str | None = None
     orphan: bool = False
 
@@ -283,8 +288,8 @@ def ask_slurm(
     timeout
         Seconds after which squeue or sacct is killed.
     history
-        Also ask sacct (in the same call) about the jobs squeue lists, and set `history` of
-        every job sacct knows.
+        Also ask sacct (in the same call) about the jobs squeue lists, and set `history` and
+        `usage` of every job sacct knows.
     roots
         The folders searched for logs. Jobs without a log are looked for on the clusters of
         the logs found (on the default cluster when none was found).
@@ -328,12 +333,17 @@ def ask_slurm(
         wanted = [job for job in cluster_jobs if job.job_id is not None] if history else unlisted
         if wanted:
             ids = [job.job_id for job in wanted]
-            records = sacct_records(ids, cluster, timeout, HISTORY_FIELDS) or {}
+            # With `history`, the lines of the job steps (their peak memory) come along.
+            found, output = sacct_query(ids, cluster, timeout, HISTORY_FIELDS, steps=history)
+            records = found or {}
             for job in unlisted:
                 job.account = records.get(job.job_id)
             if history:
+                usage = usage_by_run(output, HISTORY_FIELDS)
                 for job in wanted:
                     job.history = records.get(job.job_id)
+                    if job.history is not None:
+                        job.usage = usage.get((job.job_id, job.history["Submit"]))
     return unreachable
 
 

@@ -35,6 +35,7 @@ __all__ = (
     "listed_submissions",
     "query_jobs",
     "requeue_exit_codes",
+    "sacct_query",
     "sacct_records",
     "show_config",
     "show_records",
@@ -67,8 +68,25 @@ def query_jobs(job_ids: Iterable[int], cluster: str | None, timeout: float) -> L
 # requeued job (see `last_run`).
 ACCOUNT_FIELDS = ("JobIDRaw", "State", "Submit", "End", "User", "WorkDir")
 # The fields `stepup jobs` shows: those of ACCOUNT_FIELDS (to tell whether the job is the
-# logged one), times and exit code.
-HISTORY_FIELDS = ("JobIDRaw", "State", "ExitCode", "Submit", "Start", "End", "User", "WorkDir")
+# logged one), times, exit code and what the job used (see `efficiency.USAGE_FIELDS`, read
+# from the lines of the job steps).
+HISTORY_FIELDS = (
+    "JobIDRaw",
+    "State",
+    "ExitCode",
+    "Submit",
+    "Start",
+    "End",
+    "Elapsed",
+    "TotalCPU",
+    "AllocCPUS",
+    "ReqMem",
+    "MaxRSS",
+    "Timelimit",
+    "NNodes",
+    "User",
+    "WorkDir",
+)
 
 
 def sacct_records(
@@ -102,13 +120,34 @@ def sacct_records(
         Job id → the fields after `JobIDRaw` and `FirstSubmit`, for the jobs sacct knows;
         `None` when sacct failed.
     """
+    return sacct_query(job_ids, cluster, timeout, fields)[0]
+
+
+def sacct_query(
+    job_ids: Iterable[int],
+    cluster: str | None,
+    timeout: float,
+    fields: tuple[str, ...],
+    steps: bool = False,
+) -> tuple[dict[int, dict[str, str]] | None, str]:
+    """`sacct_records`, and sacct's output, which holds the lines of the job steps (`ID.batch`,
+    ...) after the line of their job when `steps` is true: still one call.
+
+    Returns
+    -------
+    records, output
+        The records as returned by `sacct_records`, and what sacct printed (empty when it
+        failed).
+    """
     ids = ",".join(map(str, sorted(job_ids)))
-    args = ["sacct", *cluster_args(cluster), "-X", "-D", "-n", "-P", "-a", "-j", ids]
+    only_jobs = [] if steps else ["-X"]
+    args = ["sacct", *cluster_args(cluster), *only_jobs, "-D", "-n", "-P", "-a", "-j", ids]
     result = run_command([*args, "-o", ",".join(fields)], timeout=timeout)
     if result.returncode != 0:
-        return None
+        return None, ""
     runs = readable(parse_job_runs, result.stdout, fields)
-    return None if runs is None else {job_id: last_run(rs) for job_id, rs in runs.items()}
+    records = None if runs is None else {job_id: last_run(rs) for job_id, rs in runs.items()}
+    return records, result.stdout
 
 
 # Successful answers of `scontrol show config`: a step asks for the name of the default cluster
