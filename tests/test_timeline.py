@@ -142,7 +142,11 @@ def test_without_matplotlib_or_with_a_bad_name(tmp_path, monkeypatch, capsys):
     installed (the test venvs have it, for the other tests).
     """
     args = argparse.Namespace(
-        paths=[Path(tmp_path)], state=None, json=False, timeline=Path(tmp_path) / "t.png"
+        paths=[Path(tmp_path)],
+        state=None,
+        json=False,
+        timeline=Path(tmp_path) / "t.png",
+        watch=None,
     )
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert jobs_tool(args) == 2

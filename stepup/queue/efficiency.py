@@ -101,13 +101,16 @@ class Advice:
         `cpu`, `memory` or `time`.
     option
         The `#SBATCH` line to change, e.g. `#SBATCH --cpus-per-task`.
+    change
+        What to do, e.g. `lower #SBATCH --cpus-per-task`.
     message
         What the job used, and what to do, e.g.
-        `used 20% of its 2 CPUs: lower #SBATCH --cpus-per-task`.
+        `used 0.4 of its 2 CPUs (21%): lower #SBATCH --cpus-per-task`.
     """
 
     kind: str
     option: str
+    change: str
     message: str
 
 
@@ -166,24 +169,19 @@ class Usage:
         found = []
         cpu = self.cpu_efficiency
         if cpu is not None and cpu < LOW_USE and self.cpus > 1:
-            used = self.total_cpu / self.elapsed
-            option = "#SBATCH --cpus-per-task"
-            message = f"used {used:.1f} of its {self.cpus} CPUs ({cpu:.0%}): lower {option}"
-            found.append(Advice("cpu", option, message))
+            used = f"used {self.total_cpu / self.elapsed:.1f} of its {self.cpus} CPUs ({cpu:.0%})"
+            found.append(_advice("cpu", "#SBATCH --cpus-per-task", "lower", used))
         memory = self.memory_use
         if memory is not None and memory < LOW_USE:
-            option = "#SBATCH --mem"
-            message = (
+            used = (
                 f"used {format_size(self.peak_memory)} of its "
-                f"{format_size(self.requested_memory)} memory ({memory:.0%}): lower {option} "
-                "(or --mem-per-cpu)"
+                f"{format_size(self.requested_memory)} memory ({memory:.0%})"
             )
-            found.append(Advice("memory", option, message))
+            found.append(_advice("memory", "#SBATCH --mem", "lower", used, " (or --mem-per-cpu)"))
         time = self.time_use
         if time is not None and time > HIGH_TIME:
-            option = "#SBATCH --time"
-            message = f"ran {time:.0%} of its time limit: raise {option}"
-            found.append(Advice("time", option, message))
+            used = f"ran {time:.0%} of its time limit"
+            found.append(_advice("time", "#SBATCH --time", "raise", used))
         return found
 
     def to_json(self) -> dict:
@@ -198,6 +196,11 @@ class Usage:
             "time_limit_seconds": self.time_limit,
             "time_use": self.time_use,
         }
+
+
+def _advice(kind: str, option: str, verb: str, used: str, alternative: str = "") -> Advice:
+    change = f"{verb} {option}{alternative}"
+    return Advice(kind, option, change, f"{used}: {change}")
 
 
 def usage_by_run(text: str, fields: tuple[str, ...]) -> dict[tuple[int, str], Usage]:

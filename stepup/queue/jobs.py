@@ -7,16 +7,25 @@ and `slurmjob.ret` know.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 
 from path import Path
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
+from .config import Config, ConfigError
+from .efficiency import Advice, format_size
 from .jobrows import JobRow, job_rows
-from .jobsearch import JobSearch, add_search_arguments, add_tool, search_jobs
+from .jobsearch import JobSearch, Remembered, add_search_arguments, add_tool, search_jobs
+from .slurm.cache import Snapshot, StateCache
 from .tables import print_table
 
 __all__ = ("format_duration", "jobs_subcommand", "jobs_tool", "sq_jobs")
@@ -50,6 +59,21 @@ def format_duration(seconds: float | None) -> str:
     return f"{total // 86400}d{total % 86400 // 3600:02d}h"
 
 
+# The summary's line for each kind of advice (see `efficiency.Usage.advice`).
+_ADVICE = {
+    "cpu": "used less than a quarter of their CPUs",
+    "memory": "used less than a quarter of their memory",
+    "time": "ran more than 90% of their time limit",
+}
+# Folders named per kind of advice; `--efficiency` or `--json` shows them all.
+_NAMED = 3
+
+
+def _advice(rows: list[JobRow]) -> list[tuple[JobRow, Advice]]:
+    """The `#SBATCH` lines to change, for each ended job that asked too much or too little."""
+    return [(row, advice) for row in rows if row.usage is not None for advice in row.usage.advice()]
+
+
 def _summary(rows: list[JobRow]) -> dict:
     counts = Counter(row.state for row in rows)
     return {
@@ -57,6 +81,16 @@ def _summary(rows: list[JobRow]) -> dict:
         "states": dict(sorted(counts.items())),
         "queued_seconds": sum(row.queued or 0.0 for row in rows),
         "ran_seconds": sum(row.ran or 0.0 for row in rows),
+        "advice": [
+            {
+                "folder": row.folder,
+                "job_id": row.job_id,
+                "kind": advice.kind,
+                "option": advice.option,
+                "message": advice.message,
+            }
+            for row, advice in _advice(rows)
+        ],
     }
 
 
@@ -67,29 +101,60 @@ def _format_time(time: datetime | None, now: datetime) -> str:
     return f"{time:%H:%M:%S}" if time.date() == now.date() else f"{time:%m-%d %H:%M}"
 
 
-def _print_table(rows: list[JobRow], search: JobSearch, hidden: int, now: datetime):
+def _percent(fraction: float | None) -> str:
+    return "" if fraction is None else f"{fraction:.0%}"
+
+
+def _cells(row: JobRow, now: datetime, efficiency: bool) -> list[str]:
+    cells = [row.folder, str(row.job_id), row.cluster or "", row.state, row.detail()]
+    usage = row.usage
+    if not efficiency:
+        cells += [_format_time(row.submitted, now), format_duration(row.queued)]
+        return [*cells, format_duration(row.ran)]
+    if usage is None:
+        return [*cells, format_duration(row.ran), "", "", "", ""]
+    peak = "" if usage.peak_memory is None else format_size(usage.peak_memory)
+    return [
+        *cells,
+        format_duration(row.ran),
+        _percent(usage.cpu_efficiency),
+        peak,
+        _percent(usage.memory_use),
+        _percent(usage.time_use),
+    ]
+
+
+def _report(
+    rows: list[JobRow],
+    search: JobSearch,
+    hidden: int,
+    now: datetime,
+    *,
+    efficiency: bool = False,
+    width: int | None = None,
+) -> str:
+    """The table and its summary, as printed, fitted to `width` (default: the terminal's)."""
+    out = io.StringIO()
     for cluster in search.unreachable:
         where = "the default cluster" if cluster is None else f"cluster {cluster}"
-        print(f"SLURM could not be asked about {where}: its jobs show what their logs know.")
+        print(
+            f"SLURM could not be asked about {where}: its jobs show what their logs know.", file=out
+        )
     if rows:
-        headers = ["FOLDER", "JOB", "CLUSTER", "STATE", "REASON/EXIT", "SUBMITTED"]
-        headers += ["QUEUED", "RAN"]
-        cells = [
-            [
-                row.folder,
-                str(row.job_id),
-                row.cluster or "",
-                row.state,
-                row.detail(),
-                _format_time(row.submitted, now),
-                format_duration(row.queued),
-                format_duration(row.ran),
-            ]
-            for row in rows
-        ]
-        print_table(headers, cells, wrap=("REASON/EXIT",), optional=("CLUSTER",))
+        headers = ["FOLDER", "JOB", "CLUSTER", "STATE", "REASON/EXIT"]
+        # The efficiency of ended jobs replaces when they were submitted and queued: 80 columns.
+        headers += (
+            ["RAN", "CPU%", "PEAK", "MEM%", "TIME%"]
+            if efficiency
+            else ["SUBMITTED", "QUEUED", "RAN"]
+        )
+        cells = [_cells(row, now, efficiency) for row in rows]
+        width = width or Console(file=sys.stdout).width
+        print_table(
+            headers, cells, wrap=("REASON/EXIT",), optional=("CLUSTER",), file=out, width=width
+        )
     elif hidden == 0:
-        print("No job logs found.")
+        print("No job logs found.", file=out)
     summary = _summary(rows)
     states = ", ".join(f"{count} {state}" for state, count in summary["states"].items())
     print(
@@ -97,8 +162,23 @@ def _print_table(rows: list[JobRow], search: JobSearch, hidden: int, now: dateti
         + (f" ({states})" if states else "")
         + f", queued {format_duration(summary['queued_seconds'])}"
         f", ran {format_duration(summary['ran_seconds'])} in total."
-        + (f" {hidden} more not shown (--state)." if hidden else "")
+        + (f" {hidden} more not shown (--state)." if hidden else ""),
+        file=out,
     )
+    # The summary's advice: which #SBATCH lines to change, and in which job folders.
+    by_kind: dict[str, list[JobRow]] = {}
+    changes = {}
+    for row, advice in _advice(rows):
+        by_kind.setdefault(advice.kind, []).append(row)
+        changes[advice.kind] = advice.change
+    for kind in (kind for kind in _ADVICE if kind in by_kind):
+        flagged = by_kind[kind]
+        folders = ", ".join(row.folder for row in flagged[:_NAMED])
+        if len(flagged) > _NAMED:
+            folders += f" and {len(flagged) - _NAMED} more"
+        count = f"{len(flagged)} job{'' if len(flagged) == 1 else 's'}"
+        print(f"{count} {_ADVICE[kind]}: {changes[kind]} in {folders}.", file=out)
+    return out.getvalue()
 
 
 def jobs_subcommand(subparsers: argparse._SubParsersAction, loader=None) -> Callable:
@@ -132,6 +212,14 @@ def _add_arguments(parser: argparse.ArgumentParser):
         metavar="STATE[,STATE]",
         help="Only show jobs in these states (e.g. PENDING,FAILED; any case).",
     )
+    parser.add_argument(
+        "-e",
+        "--efficiency",
+        action="store_true",
+        help="Show how well each ended job used what it asked for (CPU%%: CPU time over run time "
+        "times CPUs, PEAK: peak memory, MEM%%: peak over requested memory, TIME%%: run time over "
+        "time limit), instead of when it was submitted and how long it queued.",
+    )
     parser.add_argument("--json", action="store_true", help=_JSON_HELP)
     parser.add_argument(
         "-t",
@@ -142,10 +230,34 @@ def _add_arguments(parser: argparse.ArgumentParser):
         "into FILE, a .png, .svg or .pdf file. Needs matplotlib: "
         "pip install matplotlib (the plot extra of stepup-queue).",
     )
+    parser.add_argument(
+        "-w",
+        "--watch",
+        type=float,
+        nargs="?",
+        const=0.0,
+        metavar="SECONDS",
+        help="Redraw the table every SECONDS (default: STEPUP_SBATCH_CACHE_TIMEOUT, 30) until "
+        "every job shown has ended, or Ctrl-C. The states come from the scheduler cache that "
+        "the waiting steps share, so that watching adds at most one squeue call per cache "
+        "period, whatever the number of watchers. Without a terminal, a new table is printed "
+        "each time. Not with --json or --timeline.",
+    )
+
+
+def _filter(rows: list[JobRow], states: str | None) -> tuple[list[JobRow], int]:
+    """The rows in the states asked for (all without `--state`) and the number left out."""
+    if not states:
+        return rows, 0
+    wanted = {state.strip().upper() for state in states.split(",")}
+    shown = [row for row in rows if row.state in wanted]
+    return shown, len(rows) - len(shown)
 
 
 def jobs_tool(args: argparse.Namespace) -> int:
     """Show the jobs found below `args.paths`; return the exit status."""
+    if args.watch is not None:
+        return _watch(args)
     if args.timeline is not None:
         from .timeline import timeline_problem
 
@@ -157,13 +269,7 @@ def jobs_tool(args: argparse.Namespace) -> int:
     if search is None:
         return 2
     now = datetime.now()
-    rows = job_rows(search, now)
-    hidden = 0
-    if args.state:
-        wanted = {state.strip().upper() for state in args.state.split(",")}
-        shown = [row for row in rows if row.state in wanted]
-        hidden = len(rows) - len(shown)
-        rows = shown
+    rows, hidden = _filter(job_rows(search, now), args.state)
     if args.json:
         document = {
             "jobs": [row.to_json() for row in rows],
@@ -175,10 +281,84 @@ def jobs_tool(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document, indent=2))
     else:
-        _print_table(rows, search, hidden, now)
+        sys.stdout.write(_report(rows, search, hidden, now, efficiency=args.efficiency))
     if args.timeline is not None:
         from .timeline import draw_timeline
 
         draw_timeline(rows, args.timeline, now)
         print(f"Timeline of {len(rows)} jobs written to {args.timeline}", file=sys.stderr)
     return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Redraw the table each period until every job shown has ended; Ctrl-C stops it (exit 0).
+
+    The states come from the shared scheduler cache (one `StateCache` per cluster, kept for the
+    whole watch so that the default cluster's name is asked once), and sacct is asked again
+    only about the jobs whose state changed (see `ask_slurm`).
+    """
+    if args.json or args.timeline is not None:
+        print(
+            "Error: --watch shows the table only: leave out --json and --timeline.", file=sys.stderr
+        )
+        return 2
+    try:
+        config = Config.from_environ()
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    if args.watch < 0:
+        print(f"Error: --watch {args.watch:g}: the period must be positive.", file=sys.stderr)
+        return 2
+    period = args.watch or config.cache_timeout
+    caches: dict[str | None, StateCache] = {}
+
+    def snapshot(cluster: str | None) -> Snapshot:
+        if cluster not in caches:
+            caches[cluster] = StateCache(config, cluster)
+        return caches[cluster].snapshot()
+
+    remembered: Remembered = {}
+    problems: list[str] = []
+
+    def frame(width: int | None) -> tuple[str, bool]:
+        """The table as it is now, with a line that says when; True when all jobs ended."""
+        nonlocal problems
+        search = search_jobs(
+            args.paths, history=True, snapshot=snapshot, remembered=remembered, report=False
+        )
+        now = datetime.now()
+        rows, hidden = _filter(job_rows(search, now), args.state)
+        # Problems are printed when they change, not with every table.
+        latest = [*search.errors, *map(str, search.unreachable.items())]
+        if latest != problems:
+            search.report_problems()
+            problems = latest
+        # Until the jobs were found and none shown has yet to end: a watch started with the
+        # workflow waits for the first log.
+        done = bool(search.jobs) and all(row.has_ended for row in rows)
+        head = f"{now:%H:%M:%S}: " + (
+            f"all {len(rows)} jobs shown have ended."
+            if done
+            else f"every {period:g} s until all jobs shown have ended (Ctrl-C stops)."
+        )
+        report = _report(rows, search, hidden, now, efficiency=args.efficiency, width=width)
+        return f"{head}\n{report}", done
+
+    console = Console(highlight=False)
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    try:
+        with live or contextlib.nullcontext():
+            while True:
+                text, done = frame(console.width if live else None)
+                if live is not None:
+                    live.update(Text(text.rstrip("\n")), refresh=True)
+                else:
+                    # Without a terminal: a new table each period, after an empty line.
+                    sys.stdout.write(text + "\n")
+                    sys.stdout.flush()
+                if done:
+                    return 0
+                time.sleep(period)
+    except KeyboardInterrupt:
+        return 0
