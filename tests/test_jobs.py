@@ -1,7 +1,10 @@
 """`stepup jobs`, run as a real subprocess on the real local SLURM, on both StepUp hosts."""
 
 import json
+import os
+import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -387,19 +390,22 @@ def test_efficiency_matches_sacct(jobtools: JobTools):
     assert row["PEAK"] == format_size(own["peak"])
     assert row["MEM%"] == f"{efficiency['memory_use']:.0%}"
     assert row["TIME%"] == f"{efficiency['time_use']:.0%}"
-    lines = result.stdout.splitlines()
-    summary = next(i for i, line in enumerate(lines) if line.startswith("Summary: "))
-    assert lines[summary + 1 :] == [
-        "1 job used less than a quarter of their CPUs: lower #SBATCH --cpus-per-task in burn.",
-        (
-            "1 job used less than a quarter of their memory: lower #SBATCH --mem "
-            "(or --mem-per-cpu) in burn."
-        ),
+    # The summary's advice, wrapped to 80 columns without a terminal.
+    assert advice_lines(result.stdout) == [
+        "1 job used under 25% of its CPUs: lower #SBATCH --cpus-per-task in burn.",
+        "1 job used under 25% of its memory: lower #SBATCH --mem (or --mem-per-cpu) in",
+        "  burn.",
     ]
     # The default table has the same summary, without the efficiency columns.
     result = jobtools.run("jobs")
     assert "CPU%" not in result.stdout
-    assert result.stdout.splitlines()[-2:] == lines[summary + 1 :]
+    assert advice_lines(result.stdout) == advice_lines(jobtools.run("jobs", "-e").stdout)
+
+
+def advice_lines(stdout: str) -> list[str]:
+    """The lines after the summary line."""
+    lines = stdout.splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("Summary: ")) + 1 :]
 
 
 def frames(path: Path) -> list[str]:
@@ -480,3 +486,44 @@ def test_two_watchers_share_one_squeue_call_per_cache_period(jobtools: JobTools)
     calls = jobtools.calls("squeue")
     cache_timeout = float(FAST_ENV["STEPUP_SBATCH_CACHE_TIMEOUT"])
     assert 2 <= len(calls) <= elapsed / cache_timeout + 1, (len(calls), elapsed)
+
+
+def test_watch_in_a_terminal_redraws_in_place(jobtools: JobTools):
+    """In a terminal (a pseudo-terminal here), rich's live display redraws the table in place;
+    SIGINT, as Ctrl-C sends it, ends the watch with exit 0 and no traceback."""
+    held = jobtools.submit("held")
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        ["sq-jobs", "--watch", "0.3"],
+        cwd=jobtools.workflow.root,
+        env=jobtools.workflow.env | {"TERM": "xterm"},
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    output = b""
+
+    def read() -> bytes:
+        nonlocal output
+        while select.select([controller], [], [], 0.1)[0]:
+            try:
+                output += os.read(controller, 65536)
+            except OSError:  # The terminal is closed once the watch ended.
+                break
+        return output
+
+    try:
+        wait_for(lambda: read().count(b"until all jobs shown have ended") >= 3, 60, "redraws")
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: read() is not None and proc.poll() is not None, 60, "the watch to end")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(controller)
+    assert proc.returncode == 0
+    text = output.decode(errors="replace")
+    # Cursor up and erase line: the next table replaces the previous one.
+    assert "\x1b[1A\x1b[2K" in text
+    assert "Traceback" not in text
+    assert re.search(rf"held +{held} +PENDING +JobHeldUser", text) is not None

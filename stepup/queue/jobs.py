@@ -2,8 +2,9 @@
 
 The jobs are found through their logs, as by `stepup canceljobs`. SLURM is asked with one
 squeue call per cluster (live states and pending reasons) and one sacct call per cluster
-(times and exit codes of all jobs). When SLURM cannot be asked, the rows show what the logs
-and `slurmjob.ret` know.
+(times, exit codes and, from the lines of the job steps, the efficiency of all jobs). When
+SLURM cannot be asked, the rows show what the logs and `slurmjob.ret` know. `--watch` redraws
+the table, reading squeue's answer from the shared scheduler cache.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import contextlib
 import io
 import json
 import sys
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,10 +36,12 @@ _DESCRIPTION = """\
 Show the SLURM jobs of a workflow: one row per job with its folder, job id, cluster, state,
 the pending reason of a pending job or the exit code of an ended one, when it was submitted,
 how long it queued and how long it ran, then a summary with the number of jobs per state and
-the total queue and run time. Each PATH is searched recursively for slurmjob.log files, as by
-`stepup canceljobs`. The state is SLURM's (squeue, then sacct), else the log's last state, else
-what slurmjob.ret says. SLURM is asked with one squeue and one sacct call per cluster; when it
-cannot be asked, the rows show what the logs know. This tool changes nothing."""
+the total queue and run time, and the #SBATCH lines to change for ended jobs that used under
+25% of their CPUs or memory or over 90% of their time limit. Each PATH is searched recursively
+for slurmjob.log files, as by `stepup canceljobs`. The state is SLURM's (squeue, then sacct),
+else the log's last state, else what slurmjob.ret says. SLURM is asked with one squeue and one
+sacct call per cluster; when it cannot be asked, the rows show what the logs know. This tool
+changes nothing."""
 
 _JSON_HELP = (
     "Print the rows as JSON (an object with the keys jobs, summary, unreachable and errors; "
@@ -59,11 +63,12 @@ def format_duration(seconds: float | None) -> str:
     return f"{total // 86400}d{total % 86400 // 3600:02d}h"
 
 
-# The summary's line for each kind of advice (see `efficiency.Usage.advice`).
+# The summary's line for each kind of advice (see `efficiency.Usage.advice`), for one job
+# and for more.
 _ADVICE = {
-    "cpu": "used less than a quarter of their CPUs",
-    "memory": "used less than a quarter of their memory",
-    "time": "ran more than 90% of their time limit",
+    "cpu": ("used under 25% of its CPUs", "used under 25% of their CPUs"),
+    "memory": ("used under 25% of its memory", "used under 25% of their memory"),
+    "time": ("ran over 90% of its time limit", "ran over 90% of their time limit"),
 }
 # Folders named per kind of advice; `--efficiency` or `--json` shows them all.
 _NAMED = 3
@@ -135,6 +140,7 @@ def _report(
 ) -> str:
     """The table and its summary, as printed, fitted to `width` (default: the terminal's)."""
     out = io.StringIO()
+    width = width or Console(file=sys.stdout).width
     for cluster in search.unreachable:
         where = "the default cluster" if cluster is None else f"cluster {cluster}"
         print(
@@ -149,7 +155,6 @@ def _report(
             else ["SUBMITTED", "QUEUED", "RAN"]
         )
         cells = [_cells(row, now, efficiency) for row in rows]
-        width = width or Console(file=sys.stdout).width
         print_table(
             headers, cells, wrap=("REASON/EXIT",), optional=("CLUSTER",), file=out, width=width
         )
@@ -176,8 +181,13 @@ def _report(
         folders = ", ".join(row.folder for row in flagged[:_NAMED])
         if len(flagged) > _NAMED:
             folders += f" and {len(flagged) - _NAMED} more"
-        count = f"{len(flagged)} job{'' if len(flagged) == 1 else 's'}"
-        print(f"{count} {_ADVICE[kind]}: {changes[kind]} in {folders}.", file=out)
+        count = "1 job" if len(flagged) == 1 else f"{len(flagged)} jobs"
+        what = _ADVICE[kind][len(flagged) > 1]
+        line = f"{count} {what}: {changes[kind]} in {folders}."
+        print(
+            textwrap.fill(line, width or 80, subsequent_indent="  ", break_on_hyphens=False),
+            file=out,
+        )
     return out.getvalue()
 
 
