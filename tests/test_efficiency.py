@@ -8,6 +8,7 @@ from stepup.queue.efficiency import (
     format_size,
     parse_duration,
     parse_memory,
+    step_peak,
     usage_by_run,
 )
 from stepup.queue.slurm.parsers import parse_job_runs
@@ -15,11 +16,13 @@ from stepup.queue.slurm.queries import HISTORY_FIELDS
 
 DATA = Path(__file__).parent / "data"
 K, M, G = 1024, 1024**2, 1024**3
+# The fields of sacct_usage.txt, captured before TRESUsageInTot was asked (tests/data/README.md).
+CAPTURED_FIELDS = tuple(field for field in HISTORY_FIELDS if field != "TRESUsageInTot")
 
 
 @pytest.fixture(scope="module")
 def usage() -> dict[tuple[int, str], Usage]:
-    return usage_by_run((DATA / "sacct_usage.txt").read_text(), HISTORY_FIELDS)
+    return usage_by_run((DATA / "sacct_usage.txt").read_text(), CAPTURED_FIELDS)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +78,7 @@ def test_format_size(size: float, text: str):
 
 def test_usage_of_captured_jobs(usage):
     """Every run of the capture (tests/data/README.md), keyed by job id and Submit."""
-    runs = parse_job_runs((DATA / "sacct_usage.txt").read_text(), HISTORY_FIELDS)
+    runs = parse_job_runs((DATA / "sacct_usage.txt").read_text(), CAPTURED_FIELDS)
     assert sorted(usage) == sorted(
         (job_id, record["Submit"]) for job_id, records in runs.items() for record in records
     )
@@ -104,6 +107,23 @@ def test_usage_of_captured_jobs(usage):
     timeout = usage[20, "2026-12-07T21:40:53"]
     assert timeout.time_use == pytest.approx(84 / 60)
     assert timeout.peak_memory == 3176 * K
+
+
+def test_peak_of_a_step_with_two_tasks():
+    """A step of two tasks: its peak is the sum of both (TRESUsageInTot), not one (MaxRSS)."""
+    text = (DATA / "sacct_usage_tasks.txt").read_text()
+    ((key, usage),) = usage_by_run(text, HISTORY_FIELDS).items()
+    assert key == (2718, "2026-12-07T22:03:05")
+    assert usage == Usage(14.0, 6.524, 2, G, 333892 * K, 300.0)
+    lines = text.splitlines()[1:]
+    batch, step = (dict(zip(HISTORY_FIELDS, line.split("|"), strict=True)) for line in lines)
+    assert step_peak(batch) == 12316 * K
+    assert step_peak(step) == 333892 * K
+    assert parse_memory(step["MaxRSS"]) == 167024 * K
+    # Without TRESUsageInTot (not asked, or empty): MaxRSS.
+    assert step_peak(step | {"TRESUsageInTot": ""}) == 167024 * K
+    assert step_peak({"MaxRSS": "167024K"}) == 167024 * K
+    assert step_peak({"MaxRSS": "", "TRESUsageInTot": "energy=0"}) is None
 
 
 def test_advice(usage):

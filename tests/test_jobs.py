@@ -457,11 +457,14 @@ def test_watch_until_the_workflow_ends(jobtools: JobTools):
 
 def test_two_watchers_share_one_squeue_call_per_cache_period(jobtools: JobTools):
     """Two watchers that redraw every 0.3 s over several cache periods (2 s in the tests) run
-    squeue at most once per period together; Ctrl-C ends each with exit 0 and no traceback.
+    squeue at most once per period together, and sacct once each for a job whose state does
+    not change; Ctrl-C ends each with exit 0 and no traceback.
 
-    The squeue wrapper of the fixture logs every call of squeue.
+    The wrappers of the fixture and `count_sacct` log every call of squeue and sacct.
     """
     held = jobtools.submit("held")
+    wait_for(lambda: len(sacct("-j", str(held))) == 1, 60, "sacct to list the held job")
+    count_sacct(jobtools)
     jobtools.reset_calls()
     start = time.monotonic()
     watchers = [start_watch(jobtools, f"watch{i}", "0.3") for i in range(2)]
@@ -486,6 +489,8 @@ def test_two_watchers_share_one_squeue_call_per_cache_period(jobtools: JobTools)
     calls = jobtools.calls("squeue")
     cache_timeout = float(FAST_ENV["STEPUP_SBATCH_CACHE_TIMEOUT"])
     assert 2 <= len(calls) <= elapsed / cache_timeout + 1, (len(calls), elapsed)
+    # sacct is asked again only when a job's state changed: here once by each watcher.
+    assert len(jobtools.calls("sacct")) == 2
 
 
 def test_watch_in_a_terminal_redraws_in_place(jobtools: JobTools):

@@ -3,8 +3,10 @@
 `stepup jobs` asks sacct once per cluster, with the lines of the job steps (no `-X`). From a
 job's line come its run time (`Elapsed`), CPU time of all its steps (`TotalCPU`), CPUs
 (`AllocCPUS`), requested memory (`ReqMem`) and time limit (`Timelimit`); its peak memory is the
-largest `MaxRSS` of its steps (`ID.batch`, `ID.0`, ...: the job's own line has none). These are
-pure functions over sacct's text, tested on captured real output.
+largest peak of its steps (`ID.batch`, `ID.0`, ...: the job's own line has none). A step's peak
+is the sum of the peaks of its tasks (the `mem=` of `TRESUsageInTot`), else the largest peak of
+one task (`MaxRSS`), which is all there is for a step of one task. These are pure functions
+over sacct's text, tested on captured real output.
 
 SLURM samples memory every `JobAcctGatherFrequency` seconds (30 by default) while a step
 runs: a job shorter than that may have no `MaxRSS` at all (`#SBATCH --acctg-freq=task=1`
@@ -23,11 +25,21 @@ __all__ = (
     "format_size",
     "parse_duration",
     "parse_memory",
+    "step_peak",
     "usage_by_run",
 )
 
 # The sacct fields read here; `JobIDRaw` and `Submit` tell the runs of a job apart.
-USAGE_FIELDS = ("Elapsed", "TotalCPU", "AllocCPUS", "ReqMem", "MaxRSS", "Timelimit", "NNodes")
+USAGE_FIELDS = (
+    "Elapsed",
+    "TotalCPU",
+    "AllocCPUS",
+    "ReqMem",
+    "MaxRSS",
+    "TRESUsageInTot",
+    "Timelimit",
+    "NNodes",
+)
 # A job that used less than this fraction of its CPUs or memory asked for too much, one that
 # ran longer than HIGH_TIME of its time limit risks a TIMEOUT.
 LOW_USE = 0.25
@@ -39,6 +51,7 @@ _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024*
 _RE_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGTP]?)([nc]?)")
 # [DD-][HH:]MM:SS[.mmm], as sacct prints Elapsed, TotalCPU and Timelimit.
 _RE_DURATION = re.compile(r"(?:([0-9]+)-)?(?:([0-9]+):)?([0-9]+):([0-9]+(?:\.[0-9]+)?)")
+_RE_TRES_MEMORY = re.compile(r"(?:^|,)mem=([^,]*)")
 _RE_STEP = re.compile(r"([0-9]+)(?:\+[0-9]+)?\.[^|]+")
 _RE_JOB = re.compile(r"([0-9]+)(?:\+[0-9]+)?")
 
@@ -129,8 +142,7 @@ class Usage:
     requested_memory
         Bytes of memory requested (`ReqMem`, for the whole job).
     peak_memory
-        The largest resident memory of a task of any step (`MaxRSS`), `None` when SLURM
-        sampled none.
+        The largest peak memory of a step (see `step_peak`), `None` when SLURM sampled none.
     time_limit
         Seconds of the time limit (`Timelimit`), `None` when unlimited.
     """
@@ -211,8 +223,8 @@ def usage_by_run(text: str, fields: tuple[str, ...]) -> dict[tuple[int, str], Us
     text
         What sacct printed: a line per run of a job, each followed by the lines of its steps.
     fields
-        The fields asked, `JobIDRaw` first, with `Submit` and `USAGE_FIELDS`; the last field
-        takes the rest of the line.
+        The fields asked, `JobIDRaw` first, with `Submit` and `USAGE_FIELDS` (`TRESUsageInTot`
+        may be left out); the last field takes the rest of the line.
 
     Returns
     -------
@@ -237,10 +249,18 @@ def usage_by_run(text: str, fields: tuple[str, ...]) -> dict[tuple[int, str], Us
             continue
         step = _RE_STEP.fullmatch(parts[0])
         if step is not None and int(step.group(1)) in current:
-            peak = parse_memory(record["MaxRSS"])
+            peak = step_peak(record)
             if peak is not None:
                 peaks[current[int(step.group(1))]].append(peak)
     return {key: _usage(record, peaks[key]) for key, record in runs.items()}
+
+
+def step_peak(record: dict[str, str]) -> int | None:
+    """Bytes of a step's peak memory: the sum of its tasks' peaks (`TRESUsageInTot`), else the
+    largest peak of one task (`MaxRSS`); `None` when SLURM sampled none."""
+    tres = _RE_TRES_MEMORY.search(record.get("TRESUsageInTot", ""))
+    total = None if tres is None else parse_memory(tres.group(1))
+    return total if total is not None else parse_memory(record["MaxRSS"])
 
 
 def _usage(record: dict[str, str], peaks: list[int]) -> Usage:

@@ -82,6 +82,7 @@ HISTORY_FIELDS = (
     "AllocCPUS",
     "ReqMem",
     "MaxRSS",
+    "TRESUsageInTot",
     "Timelimit",
     "NNodes",
     "User",
