@@ -8,6 +8,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from datetime import datetime
 
@@ -64,7 +65,7 @@ def test_help(jobtools: JobTools):
             check=True,
         )
         text = " ".join(result.stdout.split())
-        for option in "--state", "--json", "--timeline":
+        for option in "--state", "--json", "--timeline", "--efficiency", "--watch":
             assert option in text
         assert "This tool changes nothing." in text
         # argparse may break the line after `stepup-`.
@@ -491,6 +492,25 @@ def test_two_watchers_share_one_squeue_call_per_cache_period(jobtools: JobTools)
     assert 2 <= len(calls) <= elapsed / cache_timeout + 1, (len(calls), elapsed)
     # sacct is asked again only when a job's state changed: here once by each watcher.
     assert len(jobtools.calls("sacct")) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--watch", "wf"], "argument -w/--watch: 'wf' is no positive number of seconds. Give "),
+        (["-w", "0"], "argument -w/--watch: '0' is no positive number of seconds."),
+        (["--watch", "-5"], "argument -w/--watch: '-5' is no positive number of seconds."),
+        (["--watch", "--json"], "Error: --watch shows the table only: leave out --json and "),
+        (["-w", "5", "-t", "t.png"], "Error: --watch shows the table only: leave out --json "),
+    ],
+)
+def test_watch_refuses_bad_arguments(tmp_path, args: list[str], message: str):
+    """Refused before anything is searched or asked: exit 2 and what to do instead."""
+    command = [Path(sys.executable).parent / "sq-jobs", *args]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())
+    assert result.stdout == ""
 
 
 def test_watch_in_a_terminal_redraws_in_place(jobtools: JobTools):

@@ -243,8 +243,9 @@ def _add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument(
         "-w",
         "--watch",
-        type=float,
+        type=_period,
         nargs="?",
+        # Without a number: the cache period (a given number is positive, see `_period`).
         const=0.0,
         metavar="SECONDS",
         help="Redraw the table every SECONDS (default: STEPUP_SBATCH_CACHE_TIMEOUT, 30) until "
@@ -253,6 +254,20 @@ def _add_arguments(parser: argparse.ArgumentParser):
         "period, whatever the number of watchers. Without a terminal, a new table is printed "
         "each time. Not with --json or --timeline.",
     )
+
+
+def _period(text: str) -> float:
+    """The SECONDS of `--watch`: a positive number."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = None
+    if seconds is None or not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is no positive number of seconds. Give the PATHs before --watch, or a "
+            "number after it, e.g. --watch 10 PATH."
+        )
+    return seconds
 
 
 def _filter(rows: list[JobRow], states: str | None) -> tuple[list[JobRow], int]:
@@ -316,9 +331,6 @@ def _watch(args: argparse.Namespace) -> int:
         config = Config.from_environ()
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    if args.watch < 0:
-        print(f"Error: --watch {args.watch:g}: the period must be positive.", file=sys.stderr)
         return 2
     period = args.watch or config.cache_timeout
     caches: dict[str | None, StateCache] = {}
