@@ -19,7 +19,6 @@ from dataclasses import dataclass
 __all__ = (
     "HIGH_TIME",
     "LOW_USE",
-    "USAGE_FIELDS",
     "Advice",
     "Usage",
     "format_size",
@@ -29,17 +28,6 @@ __all__ = (
     "usage_by_run",
 )
 
-# The sacct fields read here; `JobIDRaw` and `Submit` tell the runs of a job apart.
-USAGE_FIELDS = (
-    "Elapsed",
-    "TotalCPU",
-    "AllocCPUS",
-    "ReqMem",
-    "MaxRSS",
-    "TRESUsageInTot",
-    "Timelimit",
-    "NNodes",
-)
 # A job that used less than this fraction of its CPUs or memory asked for too much, one that
 # ran longer than HIGH_TIME of its time limit risks a TIMEOUT.
 LOW_USE = 0.25
@@ -223,8 +211,8 @@ def usage_by_run(text: str, fields: tuple[str, ...]) -> dict[tuple[int, str], Us
     text
         What sacct printed: a line per run of a job, each followed by the lines of its steps.
     fields
-        The fields asked, `JobIDRaw` first, with `Submit` and `USAGE_FIELDS` (`TRESUsageInTot`
-        may be left out); the last field takes the rest of the line.
+        The fields asked, `JobIDRaw` first, with `Submit` and `slurm.queries.USAGE_FIELDS`
+        (`TRESUsageInTot` may be left out); the last field takes the rest of the line.
 
     Returns
     -------

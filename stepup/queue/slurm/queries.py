@@ -30,6 +30,7 @@ from .parsers import (
 __all__ = (
     "ACCOUNT_FIELDS",
     "HISTORY_FIELDS",
+    "USAGE_FIELDS",
     "accounted_submissions",
     "default_cluster_name",
     "listed_submissions",
@@ -67,16 +68,9 @@ def query_jobs(job_ids: Iterable[int], cluster: str | None, timeout: float) -> L
 # User before WorkDir, the field that takes the rest of the line; End tells the runs of a
 # requeued job (see `last_run`).
 ACCOUNT_FIELDS = ("JobIDRaw", "State", "Submit", "End", "User", "WorkDir")
-# The fields `stepup jobs` shows: those of ACCOUNT_FIELDS (to tell whether the job is the
-# logged one), times, exit code and what the job used (see `efficiency.USAGE_FIELDS`, read
-# from the lines of the job steps).
-HISTORY_FIELDS = (
-    "JobIDRaw",
-    "State",
-    "ExitCode",
-    "Submit",
-    "Start",
-    "End",
+# What a job asked for and used, read by `efficiency.usage_by_run` from the line of the job
+# and those of its steps (peak memory); `Submit` tells the runs of a requeued job apart.
+USAGE_FIELDS = (
     "Elapsed",
     "TotalCPU",
     "AllocCPUS",
@@ -85,6 +79,17 @@ HISTORY_FIELDS = (
     "TRESUsageInTot",
     "Timelimit",
     "NNodes",
+)
+# The fields `stepup jobs` shows: those of ACCOUNT_FIELDS (to tell whether the job is the
+# logged one), times, exit code and USAGE_FIELDS.
+HISTORY_FIELDS = (
+    "JobIDRaw",
+    "State",
+    "ExitCode",
+    "Submit",
+    "Start",
+    "End",
+    *USAGE_FIELDS,
     "User",
     "WorkDir",
 )
