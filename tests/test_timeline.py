@@ -11,7 +11,8 @@ from matplotlib import dates
 from path import Path
 
 from stepup.queue.joblog import read_log
-from stepup.queue.jobs import JobRow, job_rows, jobs_tool
+from stepup.queue.jobrows import JobRow, job_rows
+from stepup.queue.jobs import jobs_tool
 from stepup.queue.jobsearch import search_jobs
 from stepup.queue.timeline import PLOT_HINT, draw_timeline
 
@@ -141,7 +142,11 @@ def test_without_matplotlib_or_with_a_bad_name(tmp_path, monkeypatch, capsys):
     installed (the test venvs have it, for the other tests).
     """
     args = argparse.Namespace(
-        paths=[Path(tmp_path)], state=None, json=False, timeline=Path(tmp_path) / "t.png"
+        paths=[Path(tmp_path)],
+        state=None,
+        json=False,
+        timeline=Path(tmp_path) / "t.png",
+        watch=None,
     )
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert jobs_tool(args) == 2

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from path import Path
 
 from .config import Config, ConfigError
+from .efficiency import Usage, usage_by_run
 from .joblog import LOG_NAME, JobLog, JobLogError, find_logs, is_token, read_log
+from .slurm.cache import Snapshot
 from .slurm.commands import run_command
 from .slurm.identity import foreign_workdir, why_not_logged_job
 from .slurm.parsers import Listing, UnreadableOutputError, parse_squeue
-from .slurm.queries import HISTORY_FIELDS, sacct_records, squeue_command
+from .slurm.queries import HISTORY_FIELDS, sacct_query, squeue_command
 from .states import FAILED_STATES, FINAL_STATES
 from .tables import print_table
 from .version import add_version_argument
@@ -65,6 +67,9 @@ class FoundJob:
     history
         SLURM's accounting record of the job, also when squeue lists it; only asked for by
         `stepup jobs` (for the times and exit codes), else `None`.
+    usage
+        What the run of `history` asked for and used (CPU, memory, time), from the lines of
+        the job steps in the same sacct call; `None` without `history`.
     workdir
         The folder in which squeue lists the job, `None` when it is not listed.
     orphan
@@ -80,6 +85,7 @@ class FoundJob:
     token_id: int | None = None
     account: dict[str, str] | None = None
     history: dict[str, str] | None = None
+    usage: Usage | None = None
     workdir: str | None = None
     orphan: bool = False
 
@@ -262,11 +268,21 @@ def _read_submitted_log(path: Path) -> JobLog:
     return joblog
 
 
+# How `stepup jobs --watch` reads the shared scheduler cache: cluster → SLURM's answer.
+SnapshotOf = Callable[[str | None], Snapshot]
+# What sacct said of each job in an earlier look: (cluster, job id) → (squeue's state then,
+# the `history` record, its `usage`).
+Remembered = dict[tuple[str | None, int], tuple[str | None, dict[str, str], Usage | None]]
+
+
 def ask_slurm(
     jobs: list[FoundJob],
     timeout: float,
     history: bool = False,
     roots: Iterable[str | Path] = (),
+    *,
+    snapshot: SnapshotOf | None = None,
+    remembered: Remembered | None = None,
 ) -> dict[str | None, str]:
     """Ask SLURM for the current states of the jobs, with one squeue and one sacct call per
     cluster.
@@ -283,11 +299,19 @@ def ask_slurm(
     timeout
         Seconds after which squeue or sacct is killed.
     history
-        Also ask sacct (in the same call) about the jobs squeue lists, and set `history` of
-        every job sacct knows.
+        Also ask sacct (in the same call) about the jobs squeue lists, and set `history` and
+        `usage` of every job sacct knows.
     roots
         The folders searched for logs. Jobs without a log are looked for on the clusters of
         the logs found (on the default cluster when none was found).
+    snapshot
+        Where the listing of a cluster comes from instead of a squeue call of its own: the
+        shared scheduler cache (`StateCache.snapshot`), which all waiting steps and watchers
+        renew at most once per cache period.
+    remembered
+        With `history`: sacct's earlier answers, used again (and updated): sacct is asked only
+        about jobs that are new, or whose state in squeue changed since, unless their record
+        is final already.
 
     Returns
     -------
@@ -301,13 +325,7 @@ def ask_slurm(
     for job in jobs:
         by_cluster.setdefault(job.cluster, []).append(job)
     for cluster, cluster_jobs in by_cluster.items():
-        result = run_command(squeue_command(cluster), timeout=timeout)
-        failure = result.describe() if result.returncode != 0 else None
-        if failure is None:
-            try:
-                listing = parse_squeue(result.stdout)
-            except UnreadableOutputError as exc:
-                failure = str(exc)
+        listing, failure = _listing(cluster, timeout, snapshot)
         if failure is not None:
             unreachable[cluster] = failure
             continue
@@ -326,15 +344,52 @@ def ask_slurm(
         # looked up in the accounting database, all in one call.
         unlisted = [job for job in cluster_jobs if job.job_id is not None and job.live is None]
         wanted = [job for job in cluster_jobs if job.job_id is not None] if history else unlisted
+        records: dict[int, dict[str, str]] = {}
+        usage: dict[tuple[int, str], Usage] = {}
+        if history and remembered is not None:
+            for job in wanted:
+                old = remembered.get((cluster, job.job_id))
+                # Asked again: a job that ended since, or that squeue no longer lists.
+                unchanged = job.live is not None and job.live not in FINAL_STATES
+                if old is not None and (
+                    old[1]["State"] in FINAL_STATES or (unchanged and old[0] == job.live)
+                ):
+                    records[job.job_id] = old[1]
+                    usage[job.job_id, old[1]["Submit"]] = old[2]
+            wanted = [job for job in wanted if job.job_id not in records]
         if wanted:
             ids = [job.job_id for job in wanted]
-            records = sacct_records(ids, cluster, timeout, HISTORY_FIELDS) or {}
-            for job in unlisted:
-                job.account = records.get(job.job_id)
+            # With `history`, the lines of the job steps (their peak memory) come along.
+            found, output = sacct_query(ids, cluster, timeout, HISTORY_FIELDS, steps=history)
+            records.update(found or {})
             if history:
-                for job in wanted:
-                    job.history = records.get(job.job_id)
+                usage.update(usage_by_run(output, HISTORY_FIELDS))
+        for job in unlisted:
+            job.account = records.get(job.job_id)
+        if history:
+            for job in cluster_jobs:
+                job.history = records.get(job.job_id)
+                if job.history is not None:
+                    job.usage = usage.get((job.job_id, job.history["Submit"]))
+                    if remembered is not None:
+                        remembered[cluster, job.job_id] = (job.live, job.history, job.usage)
     return unreachable
+
+
+def _listing(
+    cluster: str | None, timeout: float, snapshot: SnapshotOf | None
+) -> tuple[Listing | None, str | None]:
+    """What SLURM lists of the user's jobs on a cluster, else why it could not be asked."""
+    if snapshot is not None:
+        answer = snapshot(cluster)
+        return (answer.listing, None) if answer.ok else (None, answer.error.strip())
+    result = run_command(squeue_command(cluster), timeout=timeout)
+    if result.returncode != 0:
+        return None, result.describe()
+    try:
+        return parse_squeue(result.stdout), None
+    except UnreadableOutputError as exc:
+        return None, str(exc)
 
 
 def _orphans(
@@ -356,7 +411,14 @@ def _orphans(
     return orphans
 
 
-def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch | None:
+def search_jobs(
+    paths: Iterable[str | Path],
+    history: bool = False,
+    *,
+    snapshot: SnapshotOf | None = None,
+    remembered: Remembered | None = None,
+    report: bool = True,
+) -> JobSearch | None:
     """Find the jobs below the given folders, ask SLURM for their states, report problems.
 
     Parameters
@@ -365,6 +427,10 @@ def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch
         The folders to search.
     history
         Ask sacct about all jobs, also those squeue lists (see `ask_slurm`).
+    snapshot, remembered
+        See `ask_slurm`.
+    report
+        Print the problems on standard error (else the caller does, see `report_problems`).
 
     Returns
     -------
@@ -379,7 +445,7 @@ def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch
         return None
     paths = list(paths)
     jobs, errors = find_jobs(paths)
-    unreachable = ask_slurm(jobs, timeout, history, paths)
+    unreachable = ask_slurm(jobs, timeout, history, paths, snapshot=snapshot, remembered=remembered)
     # A submission interrupted before its Submitted record: only the token can tell the job.
     for job in jobs:
         if job.job_id is None:
@@ -395,7 +461,8 @@ def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch
             )
     jobs = [job for job in jobs if job.job_id is not None]
     search = JobSearch(jobs, errors, unreachable, timeout)
-    search.report_problems()
+    if report:
+        search.report_problems()
     return search
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from path import Path
 
-from .jobs import JobRow
+from .jobrows import JobRow
 from .tables import shorten_middle
 
 __all__ = ("FORMATS", "PLOT_HINT", "Bar", "draw_timeline", "timeline_bars", "timeline_problem")
