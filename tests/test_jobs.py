@@ -20,11 +20,11 @@ from conftest import (
     JobTools,
     sacct,
     scontrol_state,
+    table,
     unreachable_squeue,
     wait_for,
 )
 from path import Path
-from test_canceljobs import table
 
 from stepup.queue.efficiency import format_size
 from stepup.queue.joblog import read_log

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .efficiency import Usage
-from .jobsearch import FoundJob, JobSearch
+from .found_job import FoundJob
+from .jobsearch import JobSearch
 from .states import FINAL_STATES
 
 __all__ = ("JobRow", "job_row", "job_rows")

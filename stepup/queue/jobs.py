@@ -26,9 +26,10 @@ from rich.text import Text
 from .config import Config, ConfigError
 from .efficiency import Advice, format_size
 from .jobrows import JobRow, job_rows
-from .jobsearch import JobSearch, Remembered, add_search_arguments, add_tool, search_jobs
+from .jobsearch import JobSearch, Remembered, search_jobs
 from .slurm.cache import Snapshot, StateCache
 from .tables import print_table
+from .toolcli import add_search_arguments, add_tool
 
 __all__ = ("format_duration", "jobs_subcommand", "jobs_tool", "sq_jobs")
 
