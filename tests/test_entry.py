@@ -1,0 +1,97 @@
+"""End-to-end tests of the open-file limit of StepUp's director (`entry.raise_open_file_limit`,
+`entry.check_open_files`), with real `stepup build` (StepUp 4) / `stepup boot` (StepUp 3) runs
+under a lowered limit and real SLURM jobs."""
+
+import shlex
+import subprocess
+
+from conftest import FAILED_RC, HOST, Workflow
+
+from stepup.queue.openfiles import files_needed
+
+# A limit far below the 64 + 3 x 31 files that 31 step slots need, and below the 13 + 3 x 22
+# at which StepUp's director dies: 30 waiting steps cross it.
+LOW_LIMIT = 80
+NJOB = 30
+# StepUp 3 starts all its workers at boot: with 31 its director dies at once under a hard
+# limit of 80, before the plan runs. With 10 it starts, and StepUp Queue's margin refuses.
+SLOTS = 31 if HOST >= 4 else 10
+
+
+def _sweep(workflow: Workflow, body: str, njob: int = NJOB) -> list[str]:
+    folders = [f"job{i:02d}/" for i in range(njob)]
+    for folder in folders:
+        workflow.job(folder, body)
+    workflow.plan("".join(f'static("{f}", "{f}slurmjob.sh")\nsbatch("{f}")\n' for f in folders))
+    return folders
+
+
+def _run_limited(
+    workflow: Workflow, ulimit: str, slots: int, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run the workflow to the end in a shell that first runs `ulimit ULIMIT`."""
+    command = f"ulimit {ulimit} && exec {shlex.join(workflow.command('-n', str(slots)))}"
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=workflow.root,
+        env=workflow.env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_soft_limit_raised(workflow):
+    """30 steps wait at once under a soft limit of 80 files and a higher hard limit: StepUp
+    Queue raises the soft limit in `stepup build`/`boot`, says so once, and the jobs get the
+    user's own limit back. Before the fix the director died with jobs left in the queue
+    (StepUp 4), or at boot (StepUp 3, which starts 31 workers at once)."""
+    _sweep(workflow, "#!/usr/bin/env bash\nulimit -S -n > nofile.txt\nsleep 10\n")
+    result = _run_limited(workflow, f"-S -n {LOW_LIMIT}", NJOB + 1)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.count("StepUp Queue raised the soft limit of open files") == 1
+    assert f"from {LOW_LIMIT} to" in result.stderr
+    jobs = workflow.final_jobs(NJOB)
+    assert len(jobs) == NJOB
+    assert all(job["State"] == "COMPLETED" for job in jobs)
+    # SLURM propagates the submitter's limits (PropagateResourceLimits=ALL here).
+    for i in range(NJOB):
+        assert (workflow.root / f"job{i:02d}/nofile.txt").read_text().strip() == str(LOW_LIMIT)
+
+
+def test_hard_limit_refused(workflow):
+    """A hard limit of 80 files is too low for the step slots: the plan's first sbatch() call
+    refuses with the numbers and the fixes, and no job is submitted. Before the fix, StepUp 4's
+    director died halfway with about 20 jobs queued."""
+    _sweep(workflow, "#!/usr/bin/env bash\nsleep 10\n")
+    result = _run_limited(workflow, f"-n {LOW_LIMIT}", SLOTS)
+    assert result.returncode == FAILED_RC, result.stdout + result.stderr
+    jobs_option = "stepup build -j" if HOST >= 4 else "stepup boot -n"
+    fail_log = (workflow.root / ".stepup/fail.log").read_text()
+    for text in result.stdout, fail_log:
+        assert "Refusing to submit" in text
+        assert f"`{jobs_option} {SLOTS}`" in text
+        assert f"= {files_needed(SLOTS)})" in text
+        assert f"{LOW_LIMIT} (soft) and {LOW_LIMIT} (hard)" in text
+    assert "raised the soft limit" not in result.stderr
+    assert workflow.jobs() == []
+    assert not list(workflow.root.glob("job*/slurmjob.log"))
+
+
+def test_step_refuses_on_rerun(workflow):
+    """When plan.py does not run again (unchanged), each step checks the limit itself before it
+    submits: after a change of the job scripts, a rerun under a hard limit too low fails the
+    steps and submits nothing new."""
+    _sweep(workflow, "#!/usr/bin/env bash\necho one\n", 5)
+    result = workflow.boot("-n", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(workflow.final_jobs(5)) == 5
+    for i in range(5):
+        workflow.job(f"job{i:02d}/", "#!/usr/bin/env bash\necho two\n")
+    result = _run_limited(workflow, f"-n {LOW_LIMIT}", SLOTS)
+    assert result.returncode == FAILED_RC, result.stdout + result.stderr
+    assert result.stdout.count("Refusing to submit") >= 1
+    assert f"`{'stepup build -j' if HOST >= 4 else 'stepup boot -n'} {SLOTS}`" in result.stdout
+    assert len(workflow.jobs()) == 5
