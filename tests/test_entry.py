@@ -43,6 +43,12 @@ def _run_limited(
     )
 
 
+def _assert_failed_steps(result: subprocess.CompletedProcess):
+    # Failed steps (with StepUp 4's DRAINED bit), and no crash of the director (INTERNAL).
+    assert result.returncode & FAILED_RC, result.stdout + result.stderr
+    assert HOST < 4 or not result.returncode & 1, result.stdout + result.stderr
+
+
 def test_soft_limit_raised(workflow):
     """30 steps wait at once under a soft limit of 80 files and a higher hard limit: StepUp
     Queue raises the soft limit in `stepup build`/`boot`, says so once, and the jobs get the
@@ -67,7 +73,7 @@ def test_hard_limit_refused(workflow):
     director died halfway with about 20 jobs queued."""
     _sweep(workflow, "#!/usr/bin/env bash\nsleep 10\n")
     result = _run_limited(workflow, f"-n {LOW_LIMIT}", SLOTS)
-    assert result.returncode == FAILED_RC, result.stdout + result.stderr
+    _assert_failed_steps(result)
     jobs_option = "stepup build -j" if HOST >= 4 else "stepup boot -n"
     fail_log = (workflow.root / ".stepup/fail.log").read_text()
     for text in result.stdout, fail_log:
@@ -91,7 +97,7 @@ def test_step_refuses_on_rerun(workflow):
     for i in range(5):
         workflow.job(f"job{i:02d}/", "#!/usr/bin/env bash\necho two\n")
     result = _run_limited(workflow, f"-n {LOW_LIMIT}", SLOTS)
-    assert result.returncode == FAILED_RC, result.stdout + result.stderr
+    _assert_failed_steps(result)
     assert result.stdout.count("Refusing to submit") >= 1
     assert f"`{'stepup build -j' if HOST >= 4 else 'stepup boot -n'} {SLOTS}`" in result.stdout
     assert len(workflow.jobs()) == 5
