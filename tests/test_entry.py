@@ -13,9 +13,7 @@ from stepup.queue.openfiles import files_needed
 # at which StepUp's director dies: 30 waiting steps cross it.
 LOW_LIMIT = 80
 NJOB = 30
-# StepUp 3 starts all its workers at boot: with 31 its director dies at once under a hard
-# limit of 80, before the plan runs. With 10 it starts, and StepUp Queue's margin refuses.
-SLOTS = 31 if HOST >= 4 else 10
+SLOTS = NJOB + 1
 
 
 def _sweep(workflow: Workflow, body: str, njob: int = NJOB) -> list[str]:
@@ -52,13 +50,16 @@ def _assert_failed_steps(result: subprocess.CompletedProcess):
 def test_soft_limit_raised(workflow):
     """30 steps wait at once under a soft limit of 80 files and a higher hard limit: StepUp
     Queue raises the soft limit in `stepup build`/`boot`, says so once, and the jobs get the
-    user's own limit back. Before the fix the director died with jobs left in the queue
-    (StepUp 4), or at boot (StepUp 3, which starts 31 workers at once)."""
+    user's own limit back. Before the fix StepUp 4's director died with jobs left in the queue;
+    StepUp 3's (which starts its 31 workers at boot) logged `Too many open files` from
+    accept() and limped on."""
     _sweep(workflow, "#!/usr/bin/env bash\nulimit -S -n > nofile.txt\nsleep 10\n")
     result = _run_limited(workflow, f"-S -n {LOW_LIMIT}", NJOB + 1)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr.count("StepUp Queue raised the soft limit of open files") == 1
     assert f"from {LOW_LIMIT} to" in result.stderr
+    # StepUp 3's director survives EMFILE in accept() (asyncio retries), but logs it.
+    assert "Too many open files" not in (workflow.root / ".stepup/director.log").read_text()
     jobs = workflow.final_jobs(NJOB)
     assert len(jobs) == NJOB
     assert all(job["State"] == "COMPLETED" for job in jobs)
