@@ -1,6 +1,6 @@
 """Open-file limits: N single sbatch() steps waiting at once under `ulimit -n 1024`.
 
-Two workflows of N job folders each (`sleep 1` jobs), both run with `stepup build -j N`
+Two workflows of N job folders each, both run with `stepup build -j N`
 (StepUp 4) or `stepup boot -n N` (StepUp 3):
 
 - `soft`: under `ulimit -S -n 1024` with the higher hard limit of the machine, as on most
@@ -13,13 +13,15 @@ Two workflows of N job folders each (`sleep 1` jobs), both run with `stepup buil
 While the first workflow runs, the open files of StepUp's director (`/proc/PID/fd`) are
 sampled once per second. Without StepUp Queue's fix, the director of StepUp 4.0.3 died at about
 330 waiting steps with `Too many open files`, with the submitted jobs left in the queue.
-The local node has 64 CPUs: of N one-CPU jobs, 64 run at once and the others pend, so all
-steps wait at once for a while. Run alone, under the exclusive cluster lock (it floods the
-queue): `flock -x /tmp/sq-cluster.lock .venv/bin/python -m benchmarks.limits --size 1000`.
+Every job waits until all N jobs of its workflow are queued, then sleeps 1 s: so all N steps
+wait at once, as when jobs pend for long (the local node runs 64 one-CPU jobs at once).
+Run alone, under the exclusive cluster lock (it floods the queue):
+`flock -x /tmp/sq-cluster.lock .venv/bin/python -m benchmarks.limits --size 1000`.
 """
 
 import argparse
 import resource
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -33,6 +35,24 @@ from .common import Host, Workflow, add_host_option, bench_folder, director_file
 __all__ = ("run_limits",)
 
 LIMIT = 1024
+# Every job waits until all N are queued (see `_release_when_queued`), then sleeps 1 s: so all
+# N steps wait at once, as when the jobs pend for a long time.
+JOB = "#!/usr/bin/env bash\nuntil [ -e ../release ]; do sleep 1; done\nsleep 1\n"
+
+
+def _queued(root: Path) -> int:
+    listed = subprocess.run(["squeue", "-h", "-o", "%Z"], capture_output=True, text=True).stdout
+    return sum(Path(line).startswith(root) for line in listed.split())
+
+
+def _release_when_queued(workflow: Workflow, size: int, done: threading.Event) -> float | None:
+    """Write the release file once `size` jobs of the workflow are queued; when that was."""
+    while not done.is_set():
+        if _queued(workflow.root) >= size:
+            workflow.write("release", "")
+            return time.time()
+        time.sleep(1)
+    return None
 
 
 def _sweep(parent: Path, name: str, host: Host, size: int) -> Workflow:
@@ -40,7 +60,7 @@ def _sweep(parent: Path, name: str, host: Host, size: int) -> Workflow:
     lines = [host.plan_imports(), "from stepup.queue.api import sbatch"]
     for i in range(size):
         folder = f"job{i:04d}/"
-        workflow.write(folder + "slurmjob.sh", "#!/usr/bin/env bash\nsleep 1\n", 0o755)
+        workflow.write(folder + "slurmjob.sh", JOB, 0o755)
         lines += [*host.static(folder, ["slurmjob.sh"]), f"sbatch({folder!r})"]
     workflow.plan("\n".join(lines) + "\n")
     return workflow
@@ -59,16 +79,26 @@ def run_limits(host: Host, size: int, parent: Path, timeout: float) -> dict[str,
             peak[0] = max(peak[0], director_files(run.proc.pid))
             time.sleep(1)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    released = [None]
+
+    def release():
+        released[0] = _release_when_queued(soft, size, done)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (sample, release)]
+    for thread in threads:
+        thread.start()
     soft_rc = run.wait(timeout)
     done.set()
-    sampler.join()
+    for thread in threads:
+        thread.join()
     jobs = soft.jobs(size, timeout=120)
     per_folder = Counter(job.workdir for job in jobs)
     soft_result = {
         "exit code": soft_rc,
         "wall (s)": round(run.wall, 1),
+        "all N jobs queued at once after (s)": None
+        if released[0] is None
+        else round(released[0] - run.t_start, 1),
         "steps that succeeded": len(run.reports("SUCCESS")) - 1,  # without plan.py
         "jobs in sacct": len(jobs),
         "jobs COMPLETED": sum(job.state == "COMPLETED" for job in jobs),
@@ -80,7 +110,12 @@ def run_limits(host: Host, size: int, parent: Path, timeout: float) -> dict[str,
 
     hard = _sweep(parent, "hard", host, size)
     run = hard.start(size, ulimit=f"-n {LIMIT}")
+    done = threading.Event()
+    releaser = threading.Thread(target=_release_when_queued, args=(hard, size, done), daemon=True)
+    releaser.start()
     hard_rc = run.wait(timeout)
+    done.set()
+    releaser.join()
     text = run.text()
     refusal_expected = files_needed(size) > LIMIT
     if refusal_expected:
