@@ -4,7 +4,9 @@ under a lowered limit and real SLURM jobs."""
 
 import shlex
 import subprocess
+import sys
 
+import pytest
 from conftest import FAILED_RC, HOST, Workflow
 
 from stepup.queue.openfiles import files_needed
@@ -102,3 +104,29 @@ def test_step_refuses_on_rerun(workflow):
     assert result.stdout.count("Refusing to submit") >= 1
     assert f"`{'stepup build -j' if HOST >= 4 else 'stepup boot -n'} {SLOTS}`" in result.stdout
     assert len(workflow.jobs()) == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "raised"),
+    [
+        (["stepup", "build", "-j", "4"], True),
+        (["stepup", "boot"], True),
+        (["sb", "-j", "4"], True),
+        (["stepup", "--root", "jobs", "boot", "-n", "4"], True),
+        (["stepup", "-l", "INFO", "build"], True),
+        (["stepup", "jobs", "build/"], False),
+        (["stepup", "--version"], False),
+    ],
+)
+def test_raise_only_for_director_commands(argv, raised):
+    """Only the commands that start StepUp's director raise the soft limit, once."""
+    code = (
+        "import resource, sys; from stepup.queue.entry import raise_open_file_limit as r; "
+        f"r({argv!r}); r({argv!r}); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    python = shlex.quote(sys.executable)
+    command = f"ulimit -S -n {LOW_LIMIT} && exec {python} -c {shlex.quote(code)}"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True)
+    hard = subprocess.run(["bash", "-c", "ulimit -H -n"], capture_output=True, text=True)
+    assert int(result.stdout) == (int(hard.stdout) if raised else LOW_LIMIT)
+    assert result.stderr.count("StepUp Queue raised the soft limit") == int(raised)

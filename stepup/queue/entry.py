@@ -55,7 +55,8 @@ HOST_VARIABLES = (
     NOFILE_VARIABLE,
 )
 # The commands that start StepUp's director: `stepup build` (`sb`) and `stepup boot`.
-_DIRECTOR_COMMANDS = (["build"], ["boot"])
+_DIRECTOR_COMMANDS = ("build", "boot")
+_TOP_OPTIONS_WITH_VALUE = ("--root", "-l", "--log-level")
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -123,9 +124,22 @@ def raise_open_file_limit(argv: list[str]):
     argv
         The command line of the process, `sys.argv`.
     """
-    words = [word for word in argv[1:] if not word.startswith("-")]
-    if Path(argv[0]).name == "sb" or words[:1] in _DIRECTOR_COMMANDS:
+    if Path(argv[0]).name == "sb" or _subcommand(argv[1:]) in _DIRECTOR_COMMANDS:
         _raise_once()
+
+
+def _subcommand(words: list[str]) -> str | None:
+    # The first word that is neither an option nor the value of one of StepUp's (3 and 4)
+    # top-level options, e.g. `stepup --root DIR boot`.
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in _TOP_OPTIONS_WITH_VALUE:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 @functools.cache
