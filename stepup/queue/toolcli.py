@@ -44,7 +44,14 @@ def add_tool(
     The tools register with `(subparsers, loader=None)`: StepUp 3 passes the subparsers only,
     StepUp 4 also its configuration loader (unused). Both ignore what the returned function
     returns, so it exits through `sys.exit`.
+
+    This is also StepUp Queue's only hook in a `stepup build` or `stepup boot` process before
+    its director starts: there it raises the open-file limit (`entry.raise_open_file_limit`).
     """
+    # Imported here: the tools of every `stepup` command import this module.
+    from .entry import raise_open_file_limit
+
+    raise_open_file_limit(sys.argv)
     parser = subparsers.add_parser(name, help=summary, description=description)
     add_arguments(parser)
     return lambda args: sys.exit(tool(args))
