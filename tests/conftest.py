@@ -509,6 +509,21 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition"):
     pytest.fail(f"Timed out waiting for {what}")
 
 
+def run_requeued_again(job_id: int):
+    """Let a job that SLURM requeued run again now, not after its requeue delay (2 minutes).
+
+    Only from the next second on: slurmd revokes the credential of the run that the requeue
+    ended, with a time stamp in whole seconds, and kills a new run whose credential is from
+    that same second ("Killing non-startable batch JobId=N: Job credential revoked" in
+    slurmctld.log; the run then ends FAILED with exit code 1, seen under load). The job is
+    pending only after that revocation.
+    """
+    wait_for(lambda: scontrol_state(job_id) == "PENDING", 60, f"job {job_id} to be requeued")
+    pending = int(time.time())
+    wait_for(lambda: int(time.time()) > pending, 5, "the next second of the clock")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+
 def fake_command(bindir: Path, name: str, body: str) -> Path:
     """Put a bash script named `name` first on PATH (bindir must be on the workflow's PATH)."""
     bindir.makedirs_p()

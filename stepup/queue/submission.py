@@ -31,7 +31,7 @@ from .slurm.identity import find_by_token
 from .slurm.locks import submit_turn
 from .slurm.queries import query_jobs
 from .waiting import nap
-from .wrapper import RET_NAME, JobScript, read_job_script, render_wrapper
+from .wrapper import JobScript, clear_ret, read_job_script, render_wrapper
 
 __all__ = ("after_rc", "submit_once")
 
@@ -106,7 +106,6 @@ class _Submission:
 
     def run(self) -> str:
         """Try until the job is submitted or found; see `submit_once`."""
-        wrapper = render_wrapper(self.script)
         while self.retries <= self.config.submit_retries:
             if self.lookup:
                 found = self._find_interrupted()
@@ -117,7 +116,7 @@ class _Submission:
                     continue
             if self.limit is not None:
                 _wait_for_room(self.cache, self.limit, self.config)
-            result = self._submit_in_turn(wrapper)
+            result = self._submit_in_turn()
             if result is None:
                 # Another step took the room.
                 continue
@@ -150,7 +149,7 @@ class _Submission:
             return True
         return False if certain else None
 
-    def _submit_in_turn(self, wrapper: str) -> CommandResult | None:
+    def _submit_in_turn(self) -> CommandResult | None:
         """Run sbatch once, in turn with other steps at a submit limit, and log the job.
 
         Returns
@@ -173,11 +172,12 @@ class _Submission:
                 self.token = f"stepup-queue-{os.urandom(8).hex()}"
                 self.since = append_record(self.joblog.path, f"Submitting {self.token}")
             self.lookup = True
-            # An exit code left by an earlier job must never be taken for this submission's.
-            Path(RET_NAME).write_text("")
+            # An exit code left by an earlier job must never be taken for this submission's:
+            # after the log was rewritten, and under the wrapper's lock, see wrapper.sh.
+            clear_ret()
             self.sbatch_time = datetime.now()
             result = submit(
-                wrapper,
+                render_wrapper(self.script, self.token),
                 rc=self.rc,
                 token=self.token,
                 timeout=config.command_timeout,
