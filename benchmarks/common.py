@@ -43,6 +43,7 @@ __all__ = (
     "bench_folder",
     "cancel_leftovers",
     "default_stepup",
+    "director_files",
     "max_in_window",
     "median",
     "percentile",
@@ -399,11 +400,17 @@ class Workflow:
         """Write an executable plan.py with the given (dedented) body."""
         self.write("plan.py", "#!/usr/bin/env python3\n" + textwrap.dedent(body), 0o755)
 
-    def start(self, slots: int) -> BuildRun:
-        """Start the workflow in the background, with at most `slots` steps at once."""
+    def start(self, slots: int, ulimit: str | None = None) -> BuildRun:
+        """Start the workflow in the background, with at most `slots` steps at once.
+
+        `ulimit`: arguments of a `ulimit` that a shell runs first, e.g. `-S -n 1024`.
+        """
         t_start = time.time()
+        command = self.host.command(slots)
+        if ulimit is not None:
+            command = ["bash", "-c", f"ulimit {ulimit} && exec {shlex.join(command)}"]
         proc = subprocess.Popen(
-            self.host.command(slots),
+            command,
             cwd=self.root,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -625,6 +632,16 @@ def _descendants(table: dict[int, tuple[int, str]], pids: Iterable[int]) -> list
     for pid in result:
         result.extend(children.get(pid, []))
     return result
+
+
+def director_files(pid: int) -> int:
+    """Open files of StepUp's director below the `stepup` process `pid`, 0 when none runs."""
+    table = _proc_table()
+    for child in _descendants(table, [pid]):
+        if "stepup.core.director" in table[child][1]:
+            with suppress(OSError):
+                return len(os.listdir(f"/proc/{child}/fd"))
+    return 0
 
 
 def _pss(pid: int) -> float:

@@ -4,6 +4,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,12 +13,13 @@ import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 import pytest
 from path import Path
 
 from stepup.queue.api import stepup_major
-from stepup.queue.joblog import FORMAT_LINE
+from stepup.queue.joblog import FORMAT_LINE, append_record, start_log
 from stepup.queue.slurm.queries import sacct_records
 
 # The StepUp Core of the Python that runs the tests is the host of every workflow: the suite
@@ -507,6 +509,21 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition"):
     pytest.fail(f"Timed out waiting for {what}")
 
 
+def run_requeued_again(job_id: int):
+    """Let a job that SLURM requeued run again now, not after its requeue delay (2 minutes).
+
+    Only from the next second on: slurmd revokes the credential of the run that the requeue
+    ended, with a time stamp in whole seconds, and kills a new run whose credential is from
+    that same second ("Killing non-startable batch JobId=N: Job credential revoked" in
+    slurmctld.log; the run then ends FAILED with exit code 1, seen under load). The job is
+    pending only after that revocation.
+    """
+    wait_for(lambda: scontrol_state(job_id) == "PENDING", 60, f"job {job_id} to be requeued")
+    pending = int(time.time())
+    wait_for(lambda: int(time.time()) > pending, 5, "the next second of the clock")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+
 def fake_command(bindir: Path, name: str, body: str) -> Path:
     """Put a bash script named `name` first on PATH (bindir must be on the workflow's PATH)."""
     bindir.makedirs_p()
@@ -605,3 +622,57 @@ def fakebin(tmp_path, monkeypatch):
     folder.makedirs_p()
     monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
     return lambda name, body: fake_command(folder, name, textwrap.dedent(body))
+
+
+# A digest for job logs written by hand.
+DIGEST = "0123456789abcdef"
+
+
+def snapshot(root: Path, outputs: bool = True) -> dict[str, bytes]:
+    """The contents of all files below root, except StepUp's own database folder.
+
+    With `outputs=False`, `slurmjob.out`, `.err` and `.ret` are left out: a running job that
+    is cancelled writes to them itself.
+    """
+    skip = () if outputs else ("slurmjob.out", "slurmjob.err", "slurmjob.ret")
+    return {
+        str(path.relpath(root)): path.read_bytes()
+        for path in root.walkfiles()
+        if ".stepup" not in path.relpath(root).splitall() and path.name not in skip
+    }
+
+
+def table(stdout: str) -> list[dict[str, str]]:
+    """The rows of the table printed by a job tool, as {header: cell}, and check its width.
+
+    Each column starts where its header starts. The JOB cell is never empty, so a line with
+    an empty one continues the row above: its cells were wrapped and are joined with spaces.
+    """
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(("ACTION ", "FOLDER ")))
+    end = next(i for i, line in enumerate(lines) if line.startswith("Summary: "))
+    # Without a terminal and without COLUMNS, the tables fit 80 columns.
+    assert all(len(line.rstrip()) <= 80 for line in lines[start:end]), stdout
+    found = list(re.finditer(r"\S+", lines[start]))
+    names = [match.group() for match in found]
+    bounds = [match.start() for match in found] + [None]
+    rows = []
+    for line in lines[start + 1 : end]:
+        cells = dict(zip(names, (line[a:b].strip() for a, b in pairwise(bounds)), strict=True))
+        if cells["JOB"] == "" and rows:
+            for name, cell in cells.items():
+                if cell:
+                    rows[-1][name] = f"{rows[-1][name]} {cell}".strip()
+        else:
+            rows.append(cells)
+    return rows
+
+
+def write_log(folder: Path, *records: str) -> Path:
+    """Write a job log in the real format with the given records."""
+    folder.makedirs_p()
+    path = folder / "slurmjob.log"
+    start_log(path, DIGEST)
+    for record in records:
+        append_record(path, record)
+    return path

@@ -526,7 +526,7 @@ def test_log_of_other_inputs_is_kept(workflow: Workflow):
         f"{job_file(workflow, 'slurmjob.log')}.",
         f"digest in the log:  {OTHER_DIGEST}",
         "digest of the step: ",
-        "stepup removejobs --all --commit",
+        f"stepup removejobs --all --commit {job_file(workflow, '')}".rstrip("/"),
         "STEPUP_QUEUE_ONCHANGE=resubmit",
     )
 

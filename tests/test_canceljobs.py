@@ -1,27 +1,18 @@
 """`stepup canceljobs`, run as a real subprocess on the real local SLURM."""
 
-import re
 import subprocess
-from itertools import pairwise
 
-from conftest import JobTools, sacct, scontrol_state, unreachable_squeue, wait_for
-from path import Path
+from conftest import (
+    JobTools,
+    sacct,
+    scontrol_state,
+    snapshot,
+    table,
+    unreachable_squeue,
+    wait_for,
+)
 
 from stepup.queue.joblog import append_record, read_log, start_log
-
-
-def snapshot(root: Path, outputs: bool = True) -> dict[str, bytes]:
-    """The contents of all files below root, except StepUp's own database folder.
-
-    With `outputs=False`, `slurmjob.out`, `.err` and `.ret` are left out: a running job that
-    is cancelled writes to them itself.
-    """
-    skip = () if outputs else ("slurmjob.out", "slurmjob.err", "slurmjob.ret")
-    return {
-        str(path.relpath(root)): path.read_bytes()
-        for path in root.walkfiles()
-        if ".stepup" not in path.relpath(root).splitall() and path.name not in skip
-    }
 
 
 def slurm_states() -> dict[int, str]:
@@ -33,32 +24,6 @@ def slurm_states() -> dict[int, str]:
         check=True,
     )
     return {int(i): s for i, s in (line.split("|") for line in result.stdout.split())}
-
-
-def table(stdout: str) -> list[dict[str, str]]:
-    """The rows of the table printed by a job tool, as {header: cell}, and check its width.
-
-    Each column starts where its header starts. The JOB cell is never empty, so a line with
-    an empty one continues the row above: its cells were wrapped and are joined with spaces.
-    """
-    lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(("ACTION ", "FOLDER ")))
-    end = next(i for i, line in enumerate(lines) if line.startswith("Summary: "))
-    # Without a terminal and without COLUMNS, the tables fit 80 columns.
-    assert all(len(line.rstrip()) <= 80 for line in lines[start:end]), stdout
-    found = list(re.finditer(r"\S+", lines[start]))
-    names = [match.group() for match in found]
-    bounds = [match.start() for match in found] + [None]
-    rows = []
-    for line in lines[start + 1 : end]:
-        cells = dict(zip(names, (line[a:b].strip() for a, b in pairwise(bounds)), strict=True))
-        if cells["JOB"] == "" and rows:
-            for name, cell in cells.items():
-                if cell:
-                    rows[-1][name] = f"{rows[-1][name]} {cell}".strip()
-        else:
-            rows.append(cells)
-    return rows
 
 
 def test_help(jobtools: JobTools):

@@ -3,24 +3,14 @@
 import os
 
 import pytest
-from conftest import JobTools
+from conftest import DIGEST, JobTools, write_log
 from path import Path
 
-from stepup.queue.joblog import JobLog, append_record, start_log
-from stepup.queue.jobsearch import FoundJob, ask_slurm, find_jobs, print_actions
+from stepup.queue.found_job import FoundJob
+from stepup.queue.joblog import JobLog
+from stepup.queue.jobsearch import ask_slurm, find_jobs
+from stepup.queue.toolcli import print_actions
 from stepup.queue.wrapper import read_ret
-
-DIGEST = "0123456789abcdef"
-
-
-def write_log(folder: Path, *records: str) -> Path:
-    """Write a job log in the real format with the given records."""
-    folder.makedirs_p()
-    path = folder / "slurmjob.log"
-    start_log(path, DIGEST)
-    for record in records:
-        append_record(path, record)
-    return path
 
 
 def found(*states: str, ret: int | str | None = None, live: str | None = None) -> FoundJob:

@@ -5,7 +5,15 @@ import subprocess
 import time
 
 import pytest
-from conftest import FAILED_RC, SIMPLE_PLAN, Workflow, lock_free, scontrol_state, wait_for
+from conftest import (
+    FAILED_RC,
+    SIMPLE_PLAN,
+    Workflow,
+    lock_free,
+    run_requeued_again,
+    scontrol_state,
+    wait_for,
+)
 from path import Path
 from sdiag import diff_counts, sdiag_counts
 
@@ -613,9 +621,7 @@ def test_requeued_job_is_waited_for_after_a_restart(workflow: Workflow):
     job_id = read_log(log).job_id
     workflow.kill(proc)
     subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
-    # Requeued jobs wait two minutes before they are eligible again.
-    wait_for(lambda: scontrol_state(job_id) == "PENDING", 60, f"job {job_id} to be requeued")
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    run_requeued_again(job_id)
     result = workflow.boot()
     assert result.returncode == 0, result.stdout
     assert "the id was reused" not in result.stdout

@@ -9,13 +9,14 @@ from conftest import (
     OK_AND_BAD_PLAN,
     JobTools,
     scontrol_state,
+    snapshot,
     submit_as_nobody,
+    table,
     unreachable_squeue,
     wait_for,
+    write_log,
 )
 from path import Path
-from test_canceljobs import snapshot, table
-from test_jobsearch import write_log
 
 from stepup.queue.joblog import append_record, read_log, start_log
 

@@ -11,7 +11,8 @@ from matplotlib import dates
 from path import Path
 
 from stepup.queue.joblog import read_log
-from stepup.queue.jobs import JobRow, job_rows, jobs_tool
+from stepup.queue.jobrows import JobRow, job_rows
+from stepup.queue.jobs import jobs_tool
 from stepup.queue.jobsearch import search_jobs
 from stepup.queue.timeline import PLOT_HINT, draw_timeline
 
@@ -141,7 +142,11 @@ def test_without_matplotlib_or_with_a_bad_name(tmp_path, monkeypatch, capsys):
     installed (the test venvs have it, for the other tests).
     """
     args = argparse.Namespace(
-        paths=[Path(tmp_path)], state=None, json=False, timeline=Path(tmp_path) / "t.png"
+        paths=[Path(tmp_path)],
+        state=None,
+        json=False,
+        timeline=Path(tmp_path) / "t.png",
+        watch=None,
     )
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert jobs_tool(args) == 2
@@ -178,3 +183,23 @@ def test_time_axis_shows_clock_times(tmp_path):
     assert len(ticks) >= 3
     assert all(re.fullmatch(r"\d\d:\d\d:\d\d", tick) for tick in ticks), ticks
     assert ax.get_xlabel().startswith("clock time")
+
+
+def test_short_and_zero_length_jobs(tmp_path):
+    """Jobs of a few seconds get distinct clock times on the axis, and a job that sacct says
+    queued and ran 0 s (whole seconds) is still drawn."""
+    rows = synthetic_rows(2)
+    start = rows[0].submitted
+    for row in rows:
+        row.started = row.ended = row.submitted = start
+    rows[1].ended = start + timedelta(seconds=3)
+    figure = draw_timeline(rows, Path(tmp_path) / "timeline.png", datetime(2026, 1, 2))
+    (ax,) = figure.axes
+    figure.canvas.draw()
+    ticks = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+    assert len(ticks) >= 3
+    assert len(set(ticks)) == len(ticks), ticks
+    zero = ax.containers[1].patches[0]
+    assert zero.get_width() == 0
+    assert zero.get_linewidth() > 0
+    assert tuple(zero.get_edgecolor()) == tuple(zero.get_facecolor())

@@ -1,18 +1,38 @@
 """Unit tests of the job script checks and the wrapper that is submitted in its place."""
 
+import fcntl
 import os
 import re
+import shutil
 import signal
 import subprocess
 import textwrap
 import time
 
 import pytest
-from conftest import FAILED_RC, HOST, SIMPLE_PLAN, Workflow, fake_command, sacct, wait_for
+from conftest import (
+    FAILED_RC,
+    HOST,
+    SIMPLE_PLAN,
+    Workflow,
+    descendants,
+    fake_command,
+    run_requeued_again,
+    sacct,
+    scontrol_state,
+    wait_for,
+    with_bin,
+)
 from path import Path
 
-from stepup.queue.joblog import read_log
-from stepup.queue.wrapper import JobScript, JobScriptError, read_job_script, render_wrapper
+from stepup.queue.joblog import FORMAT_LINE, read_log
+from stepup.queue.wrapper import (
+    JobScript,
+    JobScriptError,
+    clear_ret,
+    read_job_script,
+    render_wrapper,
+)
 
 
 @pytest.fixture
@@ -265,55 +285,44 @@ def test_not_executable_uses_interpreter(jobdir, shebang, name, command):
 # The wrapper
 
 
-def test_render_wrapper():
-    script = JobScript(
-        Path("slurmjob.py"),
-        ("#SBATCH --job-name=demo", "#SBATCH -M x"),
-        "x",
-        "/usr/bin/env python3 slurmjob.py",
-    )
-    assert render_wrapper(script) == (
-        "#!/usr/bin/env bash\n"
-        "#SBATCH --job-name=demo\n"
-        "#SBATCH -M x\n"
-        "# Written by StepUp Queue: runs the job script and keeps its exit code.\n"
-        ": > slurmjob.ret\n"
-        "# Signals that SLURM sends to this batch shell alone are meant for the script.\n"
-        'forward() { if [ -n "$!" ]; then kill -s "$1" "$!" 2> /dev/null; fi; }\n'
-        f'for sig in {" ".join(FORWARDED)}; do trap "forward $sig" "$sig"; done\n'
-        "# SLURM ends a job (scancel, time limit, requeue) with SIGTERM to all its processes,\n"
-        "# and then lists it no longer as RUNNING. A SIGTERM while the job runs on is for this\n"
-        "# batch shell alone (--signal=B:TERM@60, scancel -b -s TERM): it is the script's.\n"
-        "running() {\n"
-        '    [ -n "${SLURM_JOB_ID:-}" ] \\\n'
-        '        && scontrol show job "$SLURM_JOB_ID" 2> /dev/null | grep -q " JobState=RUNNING "\n'
-        "}\n"
-        "on_term() { if running; then forward TERM; else terminated=yes; fi; }\n"
-        "trap on_term TERM\n"
-        "# With job control, the script in the background keeps SIGINT and SIGQUIT at their\n"
-        "# defaults and bash runs a SIGINT trap like any other. Poll, not wait: bash 5.2 may\n"
-        "# lose the exit code of a script that ends while a trap interrupts wait. Traps run\n"
-        "# between the sleeps, short ones first so that a short job ends without delay.\n"
-        "# Bash's job status lines (Terminated, Killed) go to /dev/null.\n"
-        "set -m\n"
-        "{\n"
-        "    /usr/bin/env python3 slurmjob.py 2>&3 3>&- &\n"
-        "    pid=$!\n"
-        '    while kill -0 "$pid"; do\n'
-        '        if [ "$SECONDS" -lt 10 ]; then sleep 0.1; else sleep 1; fi\n'
-        "    done\n"
-        '    wait "$pid"\n'
-        "    code=$?\n"
-        "    set +m\n"
-        "} 3>&2 2> /dev/null\n"
-        "# SLURM's SIGTERM may reach the script first, and end it before this shell traps it.\n"
-        'if [ "$code" -ne 0 ] && [ -n "${SLURM_JOB_ID:-}" ] && ! running; then terminated=yes; fi\n'
-        "# A job ended by SLURM leaves no exit code: the step then reports SLURM's state.\n"
-        'if [ -z "${terminated:-}" ]; then\n'
-        '    echo "$code" > slurmjob.ret\n'
-        "fi\n"
-        'exit "$code"\n'
-    )
+RENDERED = JobScript(
+    Path("slurm job.py"),
+    ("#SBATCH --job-name=demo", "#SBATCH -M x  # a comment"),
+    "x",
+    "/usr/bin/env python3 'slurm job.py'",
+)
+
+
+def test_render_wrapper_fills_every_slot():
+    """The #SBATCH lines come first, where sbatch reads them, and no slot is left."""
+    text = render_wrapper(RENDERED, "stepup-queue-0123456789abcdef")
+    lines = text.splitlines()
+    assert lines[:3] == ["#!/usr/bin/env bash", *RENDERED.directives]
+    assert re.search("@[A-Z]+@", text) is None
+    assert "token=stepup-queue-0123456789abcdef\n" in text
+    assert "exec /usr/bin/env python3 'slurm job.py' <&4" in text
+    # A slot's value is not searched for slots.
+    odd = JobScript(Path("x"), ("#SBATCH -J @TOKEN@",), None, "./@LOG@")
+    assert "#SBATCH -J @TOKEN@\n" in render_wrapper(odd, "stepup-queue-0123456789abcdef")
+
+
+WRAPPER_SH = Path(__file__).parent.parent / "stepup/queue/wrapper.sh"
+
+
+@pytest.mark.parametrize("which", ["template", "rendered"])
+def test_wrapper_passes_bash_n_and_shellcheck(tmp_path, which):
+    """The template and a rendered wrapper are valid bash and pass shellcheck (as in CI)."""
+    path = Path(tmp_path) / "wrapper.sh"
+    if which == "template":
+        WRAPPER_SH.copy(path)
+    else:
+        path.write_text(render_wrapper(RENDERED, "stepup-queue-0123456789abcdef"))
+    result = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed: apt-get install shellcheck (tools/test.sh does)")
+    result = subprocess.run(["shellcheck", path], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
 
 
 # The signals that the wrapper passes on to the script.
@@ -472,12 +481,31 @@ def test_wrapper_ended_by_slurm_keeps_no_exit_code(jobdir):
     assert Path("slurmjob.ret").read_text() == ""
 
 
+def fake_scontrol(bindir: Path, state: str | None, failures: int = 0) -> dict[str, str]:
+    """A fake `scontrol show job` that fails `failures` times, then gives the state (or fails
+    for good when it is `None`), and counts its calls in bindir/calls. Returns the environment
+    of a wrapper in job 999 that runs it."""
+    answer = f'echo "JobId=$3 JobName=x"\necho "   JobState={state} Reason=None"\n'
+    fake_command(
+        bindir,
+        "scontrol",
+        f'echo >> "{bindir}/calls"\n'
+        f'if [ "$(wc -l < "{bindir}/calls")" -le {failures} ] || [ -z "{state or ""}" ]; then\n'
+        "    echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2\n"
+        "    exit 1\n"
+        f"fi\n{answer}",
+    )
+    return {"SLURM_JOB_ID": "999", "PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
 @pytest.mark.parametrize(
-    ("state", "ret"), [("CANCELLED", ""), ("TIMEOUT", ""), ("RUNNING", "143\n")]
+    ("state", "ret"),
+    [("CANCELLED", ""), ("TIMEOUT", ""), ("RUNNING", "143\n"), (None, "143\n")],
 )
 def test_wrapper_script_ended_by_slurm_before_the_wrapper(jobdir, tmp_path, state, ret):
     """SLURM's SIGTERM ended the script before it reached the wrapper: no exit code, unless
-    SLURM still lists the job as RUNNING (then the script's 143 is its own).
+    SLURM still lists the job as RUNNING, or cannot be asked (then the script's 143 is kept,
+    and the step compares it with SLURM's state).
 
     SLURM signals the processes of a job one by one; here the script ends at its own SIGTERM
     and the wrapper gets none. A fake `scontrol` gives the job's state: a real SLURM does not
@@ -485,12 +513,44 @@ def test_wrapper_script_ended_by_slurm_before_the_wrapper(jobdir, tmp_path, stat
     CANCELLED)" for a cancelled job.
     """
     write_script("#!/bin/bash\nkill -TERM $$\n")
-    bindir = Path(tmp_path) / "bin"
-    fake_command(bindir, "scontrol", f'echo "JobId=$3 JobName=x"\necho "   JobState={state} x"\n')
-    env = {"SLURM_JOB_ID": "999", "PATH": f"{bindir}:{os.environ['PATH']}"}
+    env = fake_scontrol(Path(tmp_path) / "bin", state)
     wrapper = start_wrapper(env=env)
     stdout, stderr = wrapper.communicate(timeout=10)
     assert (wrapper.returncode, stdout, stderr) == (143, "", "")
+    assert Path("slurmjob.ret").read_text() == ret
+
+
+@pytest.mark.parametrize(
+    ("state", "failures", "expected"),
+    [
+        (None, 0, (3, "got TERM\n", "0\n")),
+        ("RUNNING", 2, (3, "got TERM\n", "0\n")),
+        ("CANCELLED", 2, (3, "", "")),
+        ("CANCELLED", 0, (1, "", "")),
+    ],
+)
+def test_wrapper_sigterm_while_slurm_cannot_be_asked(jobdir, tmp_path, state, failures, expected):
+    """A SIGTERM for the batch shell alone when scontrol fails: it asks three times, a second
+    apart; when SLURM still cannot tell, the job counts as running: the script gets the signal
+    and its exit code is kept (issue 15.5). The SIGTERM of a job that SLURM ends reaches the
+    script from SLURM itself, not here.
+
+    A fake `scontrol`: a real controller is unreachable only by accident.
+    """
+    write_script("""
+        #!/bin/bash
+        trap 'echo got TERM; exit 0' TERM
+        echo $$
+        sleep 10 & wait
+    """)
+    bindir = Path(tmp_path) / "bin"
+    wrapper = start_wrapper(env=fake_scontrol(bindir, state, failures))
+    script_pid(wrapper)
+    wrapper.send_signal(signal.SIGTERM)
+    calls, stdout, ret = expected
+    out, stderr = wrapper.communicate(timeout=30)
+    assert (out, stderr) == (stdout, "")
+    assert (bindir / "calls").read_text() == "\n" * calls
     assert Path("slurmjob.ret").read_text() == ret
 
 
@@ -534,7 +594,7 @@ def test_wrapper_script_that_cannot_start(jobdir):
     wrapper = start_wrapper()
     _, stderr = wrapper.communicate(timeout=10)
     assert wrapper.returncode == 127
-    assert "./slurmjob.sh: " in stderr
+    assert "slurmjob.sh: cannot execute: required file not found" in stderr
     assert Path("slurmjob.ret").read_text() == "127\n"
 
 
@@ -582,6 +642,72 @@ def test_wrapper_empties_stale_ret_before_running(jobdir):
     result = subprocess.run(["bash"], input=wrapper, capture_output=True, text=True)
     assert result.stdout.strip() == "0"
     assert Path("slurmjob.ret").read_text() == "5\n"
+
+
+# The exit code belongs to the job that the log names (issue 15.11).
+
+TOKEN = "stepup-queue-0123456789abcdef"
+OTHER = "stepup-queue-fedcba9876543210"
+
+
+@pytest.mark.parametrize(
+    ("records", "cluster", "written"),
+    [
+        (None, None, True),
+        (["Submitted 999"], None, True),
+        (["Submitted 999;here"], "here", True),
+        (["Submitted 999;here"], None, True),
+        (["Submitted 998"], None, False),
+        (["Submitted 999;there"], "here", False),
+        ([f"Submitting {TOKEN}"], None, True),
+        ([f"Submitting {OTHER}"], None, False),
+        ([f"Submitting {OTHER}", f"Submitting {TOKEN}"], None, True),
+        ([f"Submitting {TOKEN}", "Submitted 998"], None, False),
+        (["Submitting"], None, False),
+        ([], None, False),
+    ],
+)
+def test_wrapper_writes_exit_code_of_the_logged_job_only(jobdir, records, cluster, written):
+    """Job 999 (token TOKEN) writes slurmjob.ret only while slurmjob.log names it: by its last
+    Submitted record, or, before that is written, by its token. Without a log, it writes."""
+    if records is not None:
+        lines = [FORMAT_LINE, "DIGEST"] + [
+            f"2026-12-07T10:00:0{i}.000000 {record}" for i, record in enumerate(records)
+        ]
+        Path("slurmjob.log").write_text("\n".join(lines) + "\n")
+    Path("slurmjob.ret").write_text("7\n")
+    write_script("#!/bin/bash\nexit 0\n")
+    Path("wrapper.sh").write_text(render_wrapper(read_job_script("slurmjob.sh"), TOKEN))
+    env = os.environ | {"SLURM_JOB_ID": "999"}
+    if cluster is not None:
+        env["SLURM_CLUSTER_NAME"] = cluster
+    result = subprocess.run(["bash", "wrapper.sh"], env=env, capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert Path("slurmjob.ret").read_text() == ("0\n" if written else "7\n")
+
+
+def test_wrapper_writes_under_the_lock_of_clear_ret(jobdir):
+    """The wrapper waits for the lock that clear_ret takes on slurmjob.ret."""
+    write_script("#!/bin/bash\necho ran\n")
+    Path("slurmjob.ret").write_text("7\n")
+    with open("slurmjob.ret", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        wrapper = start_wrapper()
+
+        def waits_for_lock() -> bool:
+            return any(
+                Path(f"/proc/{pid}/comm").read_text().strip() == "flock"
+                for pid in descendants(wrapper.pid)
+                if Path(f"/proc/{pid}/comm").exists()
+            )
+
+        wait_for(waits_for_lock, 10, "the wrapper to wait for the lock")
+        assert Path("slurmjob.ret").read_text() == "7\n"
+    stdout, _ = wrapper.communicate(timeout=10)
+    assert (wrapper.returncode, stdout) == (0, "ran\n")
+    assert Path("slurmjob.ret").read_text() == "0\n"
+    clear_ret()
+    assert Path("slurmjob.ret").read_text() == ""
 
 
 JOBS = {
@@ -719,6 +845,123 @@ def test_batch_signal_reaches_script(workflow: Workflow, signal: str, code: int,
     assert (record["State"], record["ExitCode"]) == (state, f"{code}:0")
 
 
+def test_full_batch_signal_reaches_the_scripts_children(workflow: Workflow):
+    """`scancel --full -s USR1` signals the batch shell's process group: as with plain sbatch,
+    the script's children get the signal too, not only the script (issue 15.7)."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job(
+        "job",
+        """
+        #!/usr/bin/env bash
+        trap 'echo script got USR1' USR1
+        bash -c 'trap "echo child got USR1; exit 0" USR1; echo started; sleep 60 & wait'
+        """,
+    )
+    proc = workflow.popen()
+    job = workflow.root / "job"
+    out = job / "slurmjob.out"
+    wait_for(lambda: out.exists() and "started" in out.read_text(), 60, "the script to run")
+    job_id = read_log(job / "slurmjob.log").job_id
+    subprocess.run(["scancel", "--full", "-s", "USR1", str(job_id)], check=True)
+    wait_for(lambda: "child got USR1" in out.read_text(), 30, "the script's child to get USR1")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    # The script gets the signal from SLURM, and again from the wrapper (see docs/internals.md).
+    assert out.read_text().startswith("started\nchild got USR1\nscript got USR1\n")
+    assert (job / "slurmjob.ret").read_text() == "0\n"
+
+
+def scontrol_failing_in_jobs(workflow: Workflow) -> dict[str, str]:
+    """The PATH of the workflow with an scontrol that fails inside a job (SLURM_JOB_ID set),
+    as when slurmctld cannot be reached from the compute node, and is the real one elsewhere.
+
+    A fake scontrol: a real controller is unreachable only by accident.
+    """
+    bindir = workflow.root.parent / "broken"
+    fake_command(
+        bindir,
+        "scontrol",
+        'if [ -n "${SLURM_JOB_ID:-}" ]; then\n'
+        "    echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2\n"
+        "    exit 1\n"
+        "fi\n"
+        f'exec {shutil.which("scontrol")} "$@"\n',
+    )
+    return with_bin(workflow, bindir)
+
+
+def test_batch_sigterm_reaches_script_when_scontrol_fails(workflow: Workflow):
+    """`scancel -b -s TERM` while the job cannot ask SLURM its state: the job counts as
+    running, the script's trap gets the signal and its exit code is the step's (issue 15.5)."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job(
+        "job",
+        """
+        #!/usr/bin/env bash
+        trap "echo got TERM; exit 0" TERM
+        echo started
+        sleep 60 & wait
+        """,
+    )
+    proc = workflow.popen(env=scontrol_failing_in_jobs(workflow))
+    job = workflow.root / "job"
+    out = job / "slurmjob.out"
+    wait_for(lambda: out.exists() and "started" in out.read_text(), 60, "the script to run")
+    job_id = read_log(job / "slurmjob.log").job_id
+    subprocess.run(["scancel", "-b", "-s", "TERM", str(job_id)], check=True)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert out.read_text() == "started\ngot TERM\n"
+    assert (job / "slurmjob.ret").read_text() == "0\n"
+    (record,) = workflow.final_jobs(1)
+    assert (record["State"], record["ExitCode"]) == ("COMPLETED", "0:0")
+
+
+def test_late_exit_code_of_a_replaced_job_is_not_taken(workflow: Workflow):
+    """The inputs changed (onchange=resubmit) and the old job ends by itself with 0 just as the
+    step replaces it: its late 0 is never read as the new job's exit code (issue 15.11).
+
+    That race, a job that ends the moment it is cancelled, cannot be made on demand with real
+    SLURM: a fake scancel on the workflow's PATH reports success and leaves the old job
+    running. Each script is one compound command, read by bash before the file is rewritten.
+    """
+    bindir = workflow.root.parent / "broken"
+    fake_command(bindir, "scancel", "exit 0\n")
+    env = with_bin(workflow, bindir) | {"STEPUP_QUEUE_ONCHANGE": "resubmit"}
+    workflow.plan(SIMPLE_PLAN)
+    wait_for_file = "while [ ! -e {0} ]; do sleep 0.2; done"
+    job = workflow.root / "job"
+    workflow.job(
+        "job", f"#!/usr/bin/env bash\n{{ echo old; {wait_for_file.format('go-old')}; exit 0; }}\n"
+    )
+    proc = workflow.popen(env=env)
+    log = job / "slurmjob.log"
+    out = job / "slurmjob.out"
+    wait_for(lambda: out.exists() and "old" in out.read_text(), 60, "the old job to run")
+    wait_for(lambda: " Submitted " in log.read_text(), 60, "the old job's Submitted record")
+    old_id = read_log(log).job_id
+    workflow.kill(proc)
+    workflow.job(
+        "job", f"#!/usr/bin/env bash\n{{ echo new; {wait_for_file.format('go-new')}; exit 3; }}\n"
+    )
+    proc = workflow.popen(env=env)
+
+    def replaced() -> bool:
+        text = log.read_text() if log.exists() else ""
+        return " Submitted " in text and read_log(log).job_id != old_id
+
+    wait_for(replaced, 60, "the new job's Submitted record")
+    new_id = read_log(log).job_id
+    (job / "go-old").touch()
+    wait_for(lambda: scontrol_state(old_id) in ("COMPLETED", None), 60, "the old job to end")
+    (job / "go-new").touch()
+    output, _ = proc.communicate(timeout=120)
+    assert f"Inputs changed: cancelled the old job {old_id}" in output
+    assert proc.returncode & FAILED_RC, output
+    assert_step_failed_with(output, new_id, 3)
+    assert (job / "slurmjob.ret").read_text() == "3\n"
+
+
 @pytest.mark.parametrize("code", [137, 143])
 def test_script_exit_code_of_a_signal(workflow: Workflow, code: int):
     """A script that exits with 137 or 143 itself: that exit code is the step's."""
@@ -799,12 +1042,6 @@ def squeue_state(job_id: int) -> str:
     return result.stdout.strip()
 
 
-def run_again(job_id: int, command: str):
-    """Let a job that SLURM requeued run again now, not after its requeue delay (2 minutes)."""
-    wait_for(lambda: squeue_state(job_id) == "PENDING", 60, f"job {job_id} to be requeued")
-    subprocess.run(["scontrol", command, f"JobId={job_id}", "StartTime=now"], check=True)
-
-
 def start_first_run(workflow: Workflow, first: str) -> tuple[subprocess.Popen, Path, int]:
     """Start a workflow whose job runs `first` in its first run; return the workflow's
     process, the job folder and the job id once the first run started."""
@@ -822,7 +1059,7 @@ def test_requeued_job_reports_last_run(workflow: Workflow):
     proc, job, job_id = start_first_run(workflow, "sleep 300")
     out = job / "slurmjob.out"
     subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
-    run_again(job_id, "update")
+    run_requeued_again(job_id)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode & FAILED_RC, output
     assert_step_failed_with(output, job_id, 3)
@@ -856,12 +1093,12 @@ def test_requeue_exit_code_is_not_final(workflow: Workflow, requeue_exit: str):
     """
     proc, job, job_id = start_first_run(workflow, "exit 42")
     if requeue_exit == "RequeueExit":
-        run_again(job_id, "update")
+        run_requeued_again(job_id)
     else:
         # A held job runs again once it is released.
         wait_for(lambda: squeue_state(job_id) == "SPECIAL_EXIT", 60, f"job {job_id} to be held")
         subprocess.run(["scontrol", "release", str(job_id)], check=True)
-        run_again(job_id, "update")
+        run_requeued_again(job_id)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode & FAILED_RC, output
     assert_step_failed_with(output, job_id, 3)

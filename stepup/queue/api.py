@@ -6,6 +6,7 @@ identity and input digest, so they are exactly those of the original StepUp Queu
 StepUp 3) and 2.x (for StepUp 4): a workflow started with those resumes under this package.
 """
 
+import functools
 import shlex
 from collections.abc import Collection
 from importlib.metadata import version
@@ -15,6 +16,7 @@ from stepup.core import api as core
 from stepup.core.stepinfo import StepInfo
 
 from .attempts import write_retry_settings
+from .entry import check_open_files
 from .states import retried_states
 
 __all__ = ("sbatch",)
@@ -23,6 +25,8 @@ _RESERVED_EXTS = (".log", ".out", ".err", ".ret", ".retries")
 _ONCHANGE_VALUES = ("raise", "resubmit", "ignore")
 # StepUp 4 replaced `block=True` by a resource that no build offers.
 BLOCK_RESOURCE = "stepup-queue-blocked"
+# Once per plan: the director's limit and -j do not change while it runs.
+_check_open_files_once = functools.cache(check_open_files)
 
 
 def stepup_major() -> int:
@@ -163,6 +167,9 @@ def sbatch(
     ValueError
         When `ext` names one of the files StepUp Queue writes itself, `onchange` has an unknown
         value, or an argument is given that the installed StepUp does not support.
+    stepup.queue.openfiles.OpenFileLimitError
+        At the first call in a plan, when StepUp's director has too few open files for the
+        steps that may wait at once (`-j`): it would die halfway with jobs left in the queue.
 
     Examples
     --------
@@ -192,6 +199,8 @@ def sbatch(
         )
     _check_retries(workdir, retries, retry_on)
     major = stepup_major()
+    # Before the first step of the plan exists: a refusal leaves nothing submitted.
+    _check_open_files_once("stepup boot -n" if major < 4 else "stepup build -j")
     command = step_command(major, ext, rc, onchange)
     paths = {
         "inp": [f"slurmjob{ext}", *_as_list(inp)],

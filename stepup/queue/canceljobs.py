@@ -8,8 +8,10 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .jobsearch import FoundJob, add_search_arguments, add_tool, print_actions, search_jobs
+from .found_job import FoundJob
+from .jobsearch import search_jobs
 from .slurm.control import MAX_SCANCEL_IDS, cancel
+from .toolcli import add_search_arguments, add_tool, print_actions
 
 __all__ = ("canceljobs_subcommand", "canceljobs_tool", "sq_cancel_jobs")
 

@@ -7,7 +7,9 @@ every expected failure into a clear message and a return code. Nothing here impo
 
 import argparse
 import dataclasses
+import functools
 import os
+import resource
 import sys
 from collections.abc import Mapping
 
@@ -16,14 +18,28 @@ from path import Path
 from .config import Config, OnChange
 from .errors import JobError, SubmitInterrupted
 from .lifecycle import run_job
+from .openfiles import (
+    OpenFileLimitError,
+    files_needed,
+    parse_limits,
+    refusal_message,
+    slots_from_argv,
+)
 
 __all__ = (
     "HOST_VARIABLES",
+    "NOFILE_VARIABLE",
     "add_step_arguments",
+    "check_open_files",
     "job_environment",
     "parse_step_args",
+    "raise_open_file_limit",
     "run_step",
 )
+
+# The soft open-file limit before `raise_open_file_limit` raised it: steps restore it, so that
+# sbatch and the job (SLURM propagates the submitter's limits) get the user's own.
+NOFILE_VARIABLE = "STEPUP_QUEUE_NOFILE_SOFT"
 
 # Variables by which StepUp steers the step that runs us. A job that inherited them would talk
 # to (or write into) the workflow that submitted it, e.g. when it runs a StepUp workflow itself.
@@ -36,7 +52,11 @@ HOST_VARIABLES = (
     "STEPUP_STEP_I",
     "STEPUP_STEP_INP_DIGEST",
     "STEPUP_STEP_NEED",
+    NOFILE_VARIABLE,
 )
+# The commands that start StepUp's director: `stepup build` (`sb`) and `stepup boot`.
+_DIRECTOR_COMMANDS = ("build", "boot")
+_TOP_OPTIONS_WITH_VALUE = ("--root", "-l", "--log-level")
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -91,6 +111,114 @@ def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in environ.items() if name not in HOST_VARIABLES}
 
 
+def raise_open_file_limit(argv: list[str]):
+    """Raise the soft open-file limit to the hard one in a `stepup build` or `boot` process.
+
+    StepUp imports the tools of every extension before it parses its command line, and starts
+    its director only afterwards: the director, the forkserver and all steps inherit the
+    raised limit (a process cannot raise its parent's). Says so once on stderr, and leaves
+    other `stepup` commands alone.
+
+    Parameters
+    ----------
+    argv
+        The command line of the process, `sys.argv`.
+    """
+    if Path(argv[0]).name == "sb" or _subcommand(argv[1:]) in _DIRECTOR_COMMANDS:
+        _raise_once()
+
+
+def _subcommand(words: list[str]) -> str | None:
+    # The first word that is neither an option nor the value of one of StepUp's (3 and 4)
+    # top-level options, e.g. `stepup --root DIR boot`.
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in _TOP_OPTIONS_WITH_VALUE:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+@functools.cache
+def _raise_once():
+    # Every tool of StepUp Queue registers through the hook: the first one acts.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        # An unlimited hard limit is above the kernel's nr_open: no number to raise to.
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return
+    os.environ.setdefault(NOFILE_VARIABLE, str(soft))
+    print(
+        f"StepUp Queue raised the soft limit of open files from {soft} to {hard} (the hard "
+        "limit), so that StepUp's director can hold more waiting steps; jobs get "
+        f"the limit {soft}.",
+        file=sys.stderr,
+    )
+
+
+def _director() -> tuple[list[str], str] | None:
+    # The command line and /proc/PID/limits of the closest ancestor that is StepUp's director:
+    # the parent of a StepUp 3 worker, the grandparent of a StepUp 4 forkserver child.
+    pid = os.getppid()
+    for _ in range(8):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            if "stepup.core.director" in argv:
+                return argv, Path(f"/proc/{pid}/limits").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+        # The parent pid is the second field after the parenthesized command name.
+        pid = int(stat.rpartition(")")[2].split()[1])
+        if pid <= 1:
+            return None
+    return None
+
+
+def check_open_files(jobs_option: str):
+    """Refuse when StepUp's director has too few open files for the steps that may wait at once.
+
+    Parameters
+    ----------
+    jobs_option
+        How the user sets the number of steps at once: `stepup build -j` or `stepup boot -n`.
+
+    Raises
+    ------
+    OpenFileLimitError
+        With the numbers and the fixes. Nothing happens when no director is found (e.g. a step
+        run by hand) or its command line or limits cannot be read.
+    """
+    found = _director()
+    if found is None:
+        return
+    argv, limits_text = found
+    slots = slots_from_argv(argv, len(os.sched_getaffinity(0)))
+    limits = parse_limits(limits_text)
+    if slots is None or limits is None:
+        return
+    soft, hard = limits
+    if files_needed(slots) > soft:
+        raise OpenFileLimitError(refusal_message(slots, soft, hard, jobs_option))
+
+
+def _restore_open_file_limit():
+    # Back to the user's soft limit (see NOFILE_VARIABLE): this process needs few files.
+    try:
+        soft = int(os.environ.get(NOFILE_VARIABLE, ""))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if soft < resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    except (ValueError, OSError):
+        pass
+
+
 def run_step(words: list[str], prog: str, rerun: str) -> int:
     """Submit `slurmjob{ext}` in the current folder once, wait for it, return its exit code.
 
@@ -117,9 +245,11 @@ def run_step(words: list[str], prog: str, rerun: str) -> int:
             config = dataclasses.replace(
                 config, onchange=OnChange(args.onchange), onchange_source="sbatch(onchange=...)"
             )
+        check_open_files(f"{rerun} {'-n' if rerun.endswith('boot') else '-j'}")
+        _restore_open_file_limit()
         digest = os.environ.get("STEPUP_STEP_INP_DIGEST", "")
         return run_job(args.ext, args.rc, digest, config, job_environment(os.environ))
-    except (ValueError, JobError) as exc:
+    except (ValueError, JobError, OpenFileLimitError) as exc:
         # The message says what went wrong and what to do: a traceback would not help.
         print(f"Error: {exc}", file=sys.stderr)
         return 1

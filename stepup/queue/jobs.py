@@ -2,214 +2,52 @@
 
 The jobs are found through their logs, as by `stepup canceljobs`. SLURM is asked with one
 squeue call per cluster (live states and pending reasons) and one sacct call per cluster
-(times and exit codes of all jobs). When SLURM cannot be asked, the rows show what the logs
-and `slurmjob.ret` know.
+(times, exit codes and, from the lines of the job steps, the efficiency of all jobs). When
+SLURM cannot be asked, the rows show what the logs and `slurmjob.ret` know. `--watch` redraws
+the table, reading squeue's answer from the shared scheduler cache.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import sys
+import textwrap
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime
 
 from path import Path
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
-from .jobsearch import FoundJob, JobSearch, add_search_arguments, add_tool, search_jobs
-from .states import FINAL_STATES
+from .config import Config, ConfigError
+from .efficiency import Advice, format_size
+from .jobrows import JobRow, job_rows
+from .jobsearch import JobSearch, Remembered, search_jobs
+from .slurm.cache import Snapshot, StateCache
 from .tables import print_table
+from .toolcli import add_search_arguments, add_tool
 
-__all__ = ("JobRow", "format_duration", "job_rows", "jobs_subcommand", "jobs_tool", "sq_jobs")
+__all__ = ("format_duration", "jobs_subcommand", "jobs_tool", "sq_jobs")
 
 _DESCRIPTION = """\
 Show the SLURM jobs of a workflow: one row per job with its folder, job id, cluster, state,
 the pending reason of a pending job or the exit code of an ended one, when it was submitted,
 how long it queued and how long it ran, then a summary with the number of jobs per state and
-the total queue and run time. Each PATH is searched recursively for slurmjob.log files, as by
-`stepup canceljobs`. The state is SLURM's (squeue, then sacct), else the log's last state, else
-what slurmjob.ret says. SLURM is asked with one squeue and one sacct call per cluster; when it
-cannot be asked, the rows show what the logs know. This tool changes nothing."""
+the total queue and run time, and the #SBATCH lines to change for ended jobs that used under
+25% of their CPUs or memory or over 90% of their time limit. Each PATH is searched recursively
+for slurmjob.log files, as by `stepup canceljobs`. The state is SLURM's (squeue, then sacct),
+else the log's last state, else what slurmjob.ret says. SLURM is asked with one squeue and one
+sacct call per cluster; when it cannot be asked, the rows show what the logs know. This tool
+changes nothing."""
 
 _JSON_HELP = (
     "Print the rows as JSON (an object with the keys jobs, summary, unreachable and errors; "
     "see the documentation for the fields) instead of a table."
 )
-
-
-@dataclass
-class JobRow:
-    """What `stepup jobs` shows of one job.
-
-    Attributes
-    ----------
-    folder
-        The job folder, as found below the PATH arguments.
-    job_id
-        SLURM's job id.
-    cluster
-        The cluster of the `Submitted` record, `None` for the default cluster.
-    state
-        SLURM's state (squeue, else sacct), else the log's, else `COMPLETED` or `FAILED`
-        from the exit code in `slurmjob.ret`, else `SUBMITTED`.
-    source
-        Where the state comes from: `squeue`, `sacct`, `log` (`slurmjob.log`) or `ret`
-        (`slurmjob.ret`).
-    reason
-        Why SLURM keeps a pending job waiting, else `None`.
-    exit_code
-        The script's exit code (`slurmjob.ret`, else sacct's) of an ended job, else `None`.
-    signal
-        The signal that ended the job according to sacct, else `None`.
-    submitted, started, ended
-        When the job was submitted, started and ended (local time), `None` when unknown.
-    queued, ran
-        Seconds the job waited in the queue and ran (up to now when it still does),
-        `None` when unknown.
-    """
-
-    folder: str
-    job_id: int
-    cluster: str | None
-    state: str
-    source: str
-    reason: str | None
-    exit_code: int | None
-    signal: int | None
-    submitted: datetime | None
-    started: datetime | None
-    ended: datetime | None
-    queued: float | None
-    ran: float | None
-
-    @property
-    def has_ended(self) -> bool:
-        return self.state in FINAL_STATES
-
-    def detail(self) -> str:
-        """The pending reason of a pending job, the exit code of an ended one."""
-        if self.reason is not None:
-            return self.reason
-        if not self.has_ended:
-            return ""
-        if self.signal is not None:
-            return f"signal {self.signal}"
-        return "no exit code" if self.exit_code is None else f"exit {self.exit_code}"
-
-    def to_json(self) -> dict:
-        """The row with the documented, stable field names of `stepup jobs --json`."""
-
-        def stamp(time: datetime | None) -> str | None:
-            return None if time is None else time.isoformat(timespec="seconds")
-
-        return {
-            "folder": self.folder,
-            "job_id": self.job_id,
-            "cluster": self.cluster,
-            "state": self.state,
-            "source": self.source,
-            "reason": self.reason,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "submitted": stamp(self.submitted),
-            "started": stamp(self.started),
-            "ended": stamp(self.ended),
-            "queued_seconds": self.queued,
-            "ran_seconds": self.ran,
-        }
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    """A time stamp of sacct; `None` for `Unknown`, `None` or an empty field."""
-    try:
-        return None if text is None else datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def _state(job: FoundJob, record: dict[str, str] | None) -> tuple[str, str]:
-    """The state of a job and where it comes from (see `JobRow`)."""
-    if job.live is not None:
-        return job.live, "squeue"
-    if record is not None:
-        return record["State"], "sacct"
-    # StepUp Queue ends a step when the exit code appears, without logging the final state.
-    if job.log.done or (job.log.last_state is not None and not isinstance(job.ret, int)):
-        return job.log.last_state, "log"
-    if isinstance(job.ret, int):
-        return ("COMPLETED" if job.ret == 0 else "FAILED"), "ret"
-    return job.log.last_state or "SUBMITTED", "log"
-
-
-def _logged_time(job: FoundJob, states: Iterable[str]) -> datetime | None:
-    """When the log first records one of the states, `None` when it does not."""
-    return next((time for time, state in job.log.states if state in states), None)
-
-
-def job_row(job: FoundJob, now: datetime) -> JobRow:
-    """Combine what SLURM, the log and `slurmjob.ret` say of a job into its row.
-
-    Parameters
-    ----------
-    job
-        A job found by `search_jobs(..., history=True)`.
-    now
-        The current time, up to which the queue or run time of an active job is counted.
-    """
-    # A record of another job with the same id (reused ids, another user) says nothing.
-    record = job.history if job.why_not_ours is None else None
-    state, source = _state(job, record)
-    ended_state = state in FINAL_STATES
-    if record is not None:
-        submitted = _parse_time(record["Submit"]) or job.log.submitted_time
-        started = _parse_time(record["Start"])
-        ended = _parse_time(record["End"]) if ended_state else None
-    else:
-        submitted = job.log.submitted_time
-        started = _logged_time(job, ("RUNNING",))
-        ended = _logged_time(job, FINAL_STATES)
-    # A job may be cancelled, or fail to start, before it runs: it has an end, no start.
-    stop = ended if ended_state else now
-    if started is not None:
-        queued = started - submitted if submitted is not None else None
-        ran = None if stop is None else stop - started
-    else:
-        queued = None if submitted is None or stop is None else stop - submitted
-        ran = None
-    exit_code = signal = None
-    if ended_state:
-        if isinstance(job.ret, int):
-            exit_code = job.ret
-        # sacct gives a job that SLURM ended before or while it ran (CANCELLED, NODE_FAIL,
-        # ...) the exit code 0:0, which is no exit code of the script.
-        elif (
-            record is not None
-            and ":" in record["ExitCode"]
-            and (state == "COMPLETED" or record["ExitCode"] != "0:0")
-        ):
-            code, number = map(int, record["ExitCode"].split(":"))
-            exit_code, signal = code, number or None
-    return JobRow(
-        folder=str(job.folder),
-        job_id=job.job_id,
-        cluster=job.cluster,
-        state=state,
-        source=source,
-        reason=job.reason if state == "PENDING" else None,
-        exit_code=exit_code,
-        signal=signal,
-        submitted=submitted,
-        started=started,
-        ended=ended,
-        queued=None if queued is None else max(queued.total_seconds(), 0.0),
-        ran=None if ran is None else max(ran.total_seconds(), 0.0),
-    )
-
-
-def job_rows(search: JobSearch, now: datetime) -> list[JobRow]:
-    """The rows of the jobs found, sorted by folder (then job id)."""
-    rows = [job_row(job, now) for job in search.jobs]
-    return sorted(rows, key=lambda row: (row.folder, row.job_id))
 
 
 def format_duration(seconds: float | None) -> str:
@@ -226,6 +64,22 @@ def format_duration(seconds: float | None) -> str:
     return f"{total // 86400}d{total % 86400 // 3600:02d}h"
 
 
+# The summary's line for each kind of advice (see `efficiency.Usage.advice`), for one job
+# and for more.
+_ADVICE = {
+    "cpu": ("used under 25% of its CPUs", "used under 25% of their CPUs"),
+    "memory": ("used under 25% of its memory", "used under 25% of their memory"),
+    "time": ("ran over 90% of its time limit", "ran over 90% of their time limit"),
+}
+# Folders named per kind of advice; `--efficiency` or `--json` shows them all.
+_NAMED = 3
+
+
+def _advice(rows: list[JobRow]) -> list[tuple[JobRow, Advice]]:
+    """The `#SBATCH` lines to change, for each ended job that asked too much or too little."""
+    return [(row, advice) for row in rows if row.usage is not None for advice in row.usage.advice()]
+
+
 def _summary(rows: list[JobRow]) -> dict:
     counts = Counter(row.state for row in rows)
     return {
@@ -233,6 +87,16 @@ def _summary(rows: list[JobRow]) -> dict:
         "states": dict(sorted(counts.items())),
         "queued_seconds": sum(row.queued or 0.0 for row in rows),
         "ran_seconds": sum(row.ran or 0.0 for row in rows),
+        "advice": [
+            {
+                "folder": row.folder,
+                "job_id": row.job_id,
+                "kind": advice.kind,
+                "option": advice.option,
+                "message": advice.message,
+            }
+            for row, advice in _advice(rows)
+        ],
     }
 
 
@@ -243,29 +107,60 @@ def _format_time(time: datetime | None, now: datetime) -> str:
     return f"{time:%H:%M:%S}" if time.date() == now.date() else f"{time:%m-%d %H:%M}"
 
 
-def _print_table(rows: list[JobRow], search: JobSearch, hidden: int, now: datetime):
+def _percent(fraction: float | None) -> str:
+    return "" if fraction is None else f"{fraction:.0%}"
+
+
+def _cells(row: JobRow, now: datetime, efficiency: bool) -> list[str]:
+    cells = [row.folder, str(row.job_id), row.cluster or "", row.state, row.detail()]
+    usage = row.usage
+    if not efficiency:
+        cells += [_format_time(row.submitted, now), format_duration(row.queued)]
+        return [*cells, format_duration(row.ran)]
+    if usage is None:
+        return [*cells, format_duration(row.ran), "", "", "", ""]
+    peak = "" if usage.peak_memory is None else format_size(usage.peak_memory)
+    return [
+        *cells,
+        format_duration(row.ran),
+        _percent(usage.cpu_efficiency),
+        peak,
+        _percent(usage.memory_use),
+        _percent(usage.time_use),
+    ]
+
+
+def _report(
+    rows: list[JobRow],
+    search: JobSearch,
+    hidden: int,
+    now: datetime,
+    *,
+    efficiency: bool = False,
+    width: int | None = None,
+) -> str:
+    """The table and its summary, as printed, fitted to `width` (default: the terminal's)."""
+    out = io.StringIO()
+    width = width or Console(file=sys.stdout).width
     for cluster in search.unreachable:
         where = "the default cluster" if cluster is None else f"cluster {cluster}"
-        print(f"SLURM could not be asked about {where}: its jobs show what their logs know.")
+        print(
+            f"SLURM could not be asked about {where}: its jobs show what their logs know.", file=out
+        )
     if rows:
-        headers = ["FOLDER", "JOB", "CLUSTER", "STATE", "REASON/EXIT", "SUBMITTED"]
-        headers += ["QUEUED", "RAN"]
-        cells = [
-            [
-                row.folder,
-                str(row.job_id),
-                row.cluster or "",
-                row.state,
-                row.detail(),
-                _format_time(row.submitted, now),
-                format_duration(row.queued),
-                format_duration(row.ran),
-            ]
-            for row in rows
-        ]
-        print_table(headers, cells, wrap=("REASON/EXIT",), optional=("CLUSTER",))
+        headers = ["FOLDER", "JOB", "CLUSTER", "STATE", "REASON/EXIT"]
+        # The efficiency of ended jobs replaces when they were submitted and queued: 80 columns.
+        headers += (
+            ["RAN", "CPU%", "PEAK", "MEM%", "TIME%"]
+            if efficiency
+            else ["SUBMITTED", "QUEUED", "RAN"]
+        )
+        cells = [_cells(row, now, efficiency) for row in rows]
+        print_table(
+            headers, cells, wrap=("REASON/EXIT",), optional=("CLUSTER",), file=out, width=width
+        )
     elif hidden == 0:
-        print("No job logs found.")
+        print("No job logs found.", file=out)
     summary = _summary(rows)
     states = ", ".join(f"{count} {state}" for state, count in summary["states"].items())
     print(
@@ -273,8 +168,28 @@ def _print_table(rows: list[JobRow], search: JobSearch, hidden: int, now: dateti
         + (f" ({states})" if states else "")
         + f", queued {format_duration(summary['queued_seconds'])}"
         f", ran {format_duration(summary['ran_seconds'])} in total."
-        + (f" {hidden} more not shown (--state)." if hidden else "")
+        + (f" {hidden} more not shown (--state)." if hidden else ""),
+        file=out,
     )
+    # The summary's advice: which #SBATCH lines to change, and in which job folders.
+    by_kind: dict[str, list[JobRow]] = {}
+    changes = {}
+    for row, advice in _advice(rows):
+        by_kind.setdefault(advice.kind, []).append(row)
+        changes[advice.kind] = advice.change
+    for kind in (kind for kind in _ADVICE if kind in by_kind):
+        flagged = by_kind[kind]
+        folders = ", ".join(row.folder for row in flagged[:_NAMED])
+        if len(flagged) > _NAMED:
+            folders += f" and {len(flagged) - _NAMED} more"
+        count = "1 job" if len(flagged) == 1 else f"{len(flagged)} jobs"
+        what = _ADVICE[kind][len(flagged) > 1]
+        line = f"{count} {what}: {changes[kind]} in {folders}."
+        print(
+            textwrap.fill(line, width or 80, subsequent_indent="  ", break_on_hyphens=False),
+            file=out,
+        )
+    return out.getvalue()
 
 
 def jobs_subcommand(subparsers: argparse._SubParsersAction, loader=None) -> Callable:
@@ -308,6 +223,14 @@ def _add_arguments(parser: argparse.ArgumentParser):
         metavar="STATE[,STATE]",
         help="Only show jobs in these states (e.g. PENDING,FAILED; any case).",
     )
+    parser.add_argument(
+        "-e",
+        "--efficiency",
+        action="store_true",
+        help="Show how well each ended job used what it asked for (CPU%%: CPU time over run time "
+        "times CPUs, PEAK: peak memory, MEM%%: peak over requested memory, TIME%%: run time over "
+        "time limit), instead of when it was submitted and how long it queued.",
+    )
     parser.add_argument("--json", action="store_true", help=_JSON_HELP)
     parser.add_argument(
         "-t",
@@ -318,10 +241,49 @@ def _add_arguments(parser: argparse.ArgumentParser):
         "into FILE, a .png, .svg or .pdf file. Needs matplotlib: "
         "pip install matplotlib (the plot extra of stepup-queue).",
     )
+    parser.add_argument(
+        "-w",
+        "--watch",
+        type=_period,
+        nargs="?",
+        # Without a number: the cache period (a given number is positive, see `_period`).
+        const=0.0,
+        metavar="SECONDS",
+        help="Redraw the table every SECONDS (default: STEPUP_SBATCH_CACHE_TIMEOUT, 30) until "
+        "every job shown has ended, or Ctrl-C. The states come from the scheduler cache that "
+        "the waiting steps share, so that watching adds at most one squeue call per cache "
+        "period, whatever the number of watchers. Without a terminal, a new table is printed "
+        "each time. Not with --json or --timeline.",
+    )
+
+
+def _period(text: str) -> float:
+    """The SECONDS of `--watch`: a positive number."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = None
+    if seconds is None or not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is no positive number of seconds. Give the PATHs before --watch, or a "
+            "number after it, e.g. --watch 10 PATH."
+        )
+    return seconds
+
+
+def _filter(rows: list[JobRow], states: str | None) -> tuple[list[JobRow], int]:
+    """The rows in the states asked for (all without `--state`) and the number left out."""
+    if not states:
+        return rows, 0
+    wanted = {state.strip().upper() for state in states.split(",")}
+    shown = [row for row in rows if row.state in wanted]
+    return shown, len(rows) - len(shown)
 
 
 def jobs_tool(args: argparse.Namespace) -> int:
     """Show the jobs found below `args.paths`; return the exit status."""
+    if args.watch is not None:
+        return _watch(args)
     if args.timeline is not None:
         from .timeline import timeline_problem
 
@@ -333,13 +295,7 @@ def jobs_tool(args: argparse.Namespace) -> int:
     if search is None:
         return 2
     now = datetime.now()
-    rows = job_rows(search, now)
-    hidden = 0
-    if args.state:
-        wanted = {state.strip().upper() for state in args.state.split(",")}
-        shown = [row for row in rows if row.state in wanted]
-        hidden = len(rows) - len(shown)
-        rows = shown
+    rows, hidden = _filter(job_rows(search, now), args.state)
     if args.json:
         document = {
             "jobs": [row.to_json() for row in rows],
@@ -351,10 +307,81 @@ def jobs_tool(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document, indent=2))
     else:
-        _print_table(rows, search, hidden, now)
+        sys.stdout.write(_report(rows, search, hidden, now, efficiency=args.efficiency))
     if args.timeline is not None:
         from .timeline import draw_timeline
 
         draw_timeline(rows, args.timeline, now)
         print(f"Timeline of {len(rows)} jobs written to {args.timeline}", file=sys.stderr)
     return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Redraw the table each period until every job shown has ended; Ctrl-C stops it (exit 0).
+
+    The states come from the shared scheduler cache (one `StateCache` per cluster, kept for the
+    whole watch so that the default cluster's name is asked once), and sacct is asked again
+    only about the jobs whose state changed (see `ask_slurm`).
+    """
+    if args.json or args.timeline is not None:
+        print(
+            "Error: --watch shows the table only: leave out --json and --timeline.", file=sys.stderr
+        )
+        return 2
+    try:
+        config = Config.from_environ()
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    period = args.watch or config.cache_timeout
+    caches: dict[str | None, StateCache] = {}
+
+    def snapshot(cluster: str | None) -> Snapshot:
+        if cluster not in caches:
+            caches[cluster] = StateCache(config, cluster)
+        return caches[cluster].snapshot()
+
+    remembered: Remembered = {}
+    problems: list[str] = []
+
+    def frame(width: int | None) -> tuple[str, bool]:
+        """The table as it is now, with a line that says when; True when all jobs ended."""
+        nonlocal problems
+        search = search_jobs(
+            args.paths, history=True, snapshot=snapshot, remembered=remembered, report=False
+        )
+        now = datetime.now()
+        rows, hidden = _filter(job_rows(search, now), args.state)
+        # Problems are printed when they change, not with every table.
+        latest = [*search.errors, *map(str, search.unreachable.items())]
+        if latest != problems:
+            search.report_problems()
+            problems = latest
+        # Until the jobs were found and none shown has yet to end: a watch started with the
+        # workflow waits for the first log.
+        done = bool(search.jobs) and all(row.has_ended for row in rows)
+        head = f"{now:%H:%M:%S}: " + (
+            f"all {len(rows)} jobs shown have ended."
+            if done
+            else f"every {period:g} s until all jobs shown have ended (Ctrl-C stops)."
+        )
+        report = _report(rows, search, hidden, now, efficiency=args.efficiency, width=width)
+        return f"{head}\n{report}", done
+
+    console = Console(highlight=False)
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    try:
+        with live or contextlib.nullcontext():
+            while True:
+                text, done = frame(console.width if live else None)
+                if live is not None:
+                    live.update(Text(text.rstrip("\n")), refresh=True)
+                else:
+                    # Without a terminal: a new table each period, after an empty line.
+                    sys.stdout.write(text + "\n")
+                    sys.stdout.flush()
+                if done:
+                    return 0
+                time.sleep(period)
+    except KeyboardInterrupt:
+        return 0

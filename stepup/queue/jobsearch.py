@@ -3,12 +3,10 @@
 Shared by `stepup canceljobs`, `stepup removejobs` and `stepup jobs`: they search folders for
 `slurmjob.log`, read each log on its own (one unreadable log never stops the others), read the
 exit code in `slurmjob.ret`, and ask SLURM with one `squeue` call per cluster which jobs are
-still pending or running, and with one `sacct` call per cluster about the others. The printing
-helpers keep the output of the tools alike.
+still pending or running, and with one `sacct` call per cluster about the others. What is known
+of each job is a `found_job.FoundJob`.
 """
 
-import argparse
-import getpass
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -17,170 +15,23 @@ from dataclasses import dataclass, field
 from path import Path
 
 from .config import Config, ConfigError
+from .efficiency import Usage, usage_by_run
+from .found_job import FoundJob
 from .joblog import LOG_NAME, JobLog, JobLogError, find_logs, is_token, read_log
+from .slurm.cache import Snapshot
 from .slurm.commands import run_command
-from .slurm.identity import foreign_workdir, why_not_logged_job
 from .slurm.parsers import Listing, UnreadableOutputError, parse_squeue
-from .slurm.queries import HISTORY_FIELDS, sacct_records, squeue_command
-from .states import FAILED_STATES, FINAL_STATES
-from .tables import print_table
-from .version import add_version_argument
+from .slurm.queries import HISTORY_FIELDS, sacct_query, squeue_command
+from .states import FINAL_STATES
 from .wrapper import read_ret
 
 __all__ = (
-    "FoundJob",
     "JobSearch",
-    "add_search_arguments",
-    "add_tool",
+    "Remembered",
     "ask_slurm",
     "find_jobs",
-    "print_actions",
     "search_jobs",
 )
-
-# Final states in which the job did not end well.
-
-
-@dataclass
-class FoundJob:
-    """A job found through its log, with what the log, `slurmjob.ret` and SLURM say of it.
-
-    Attributes
-    ----------
-    log
-        The parsed log, with a job id or with the token of an interrupted submission.
-    ret
-        The contents of `slurmjob.ret`, see `read_ret`.
-    asked
-        True when SLURM answered the query for this job's cluster.
-    live
-        The state SLURM lists for the job now, `None` when it is not listed (or not asked).
-    reason
-        Why SLURM keeps the job pending (e.g. `Priority`), `None` when it does not say.
-    token_id
-        For a log without `Submitted` record: the job that SLURM lists with the log's token.
-    account
-        SLURM's accounting record of a job that squeue no longer lists (see
-        `slurm.queries.HISTORY_FIELDS`), `None` when sacct was not asked or does not know it.
-    history
-        SLURM's accounting record of the job, also when squeue lists it; only asked for by
-        `stepup jobs` (for the times and exit codes), else `None`.
-    workdir
-        The folder in which squeue lists the job, `None` when it is not listed.
-    orphan
-        True for a live job of StepUp Queue found without a log in its folder; `log` then
-        holds only its job id and cluster.
-    """
-
-    log: JobLog
-    ret: int | str | None
-    asked: bool = False
-    live: str | None = None
-    reason: str | None = None
-    token_id: int | None = None
-    account: dict[str, str] | None = None
-    history: dict[str, str] | None = None
-    workdir: str | None = None
-    orphan: bool = False
-
-    @property
-    def folder(self) -> Path:
-        """The job folder, normalized for printing."""
-        return Path(os.path.normpath(self.log.path.parent))
-
-    @property
-    def job_id(self) -> int | None:
-        return self.log.job_id if self.log.job_id is not None else self.token_id
-
-    @property
-    def cluster(self) -> str | None:
-        return self.log.cluster
-
-    @property
-    def ended_by_log(self) -> bool:
-        """True when the log records a final state or `slurmjob.ret` holds an exit code.
-
-        StepUp Queue ends a step as soon as the exit code appears, without logging a state,
-        so an exit code alone means the job has finished.
-        """
-        return self.log.done or isinstance(self.ret, int)
-
-    @property
-    def active(self) -> bool | None:
-        """True when the job has not finished, False when that is confirmed, else `None`.
-
-        squeue no longer listing a job does not prove that it ended (it lists only the user's
-        own jobs, and may forget one): the end is confirmed by sacct or by the log.
-        """
-        if not self.asked:
-            return None
-        if self.live is not None:
-            return self.live not in FINAL_STATES
-        if self.account is not None:
-            return self.account["State"] not in FINAL_STATES
-        return False if self.ended_by_log else None
-
-    @property
-    def owner(self) -> str | None:
-        """The user who submitted the job according to sacct, `None` when unknown."""
-        return None if self.account is None else self.account["User"]
-
-    @property
-    def why_not_ours(self) -> str | None:
-        """Why SLURM's job with this id is not the log's job, `None` when nothing says so.
-
-        Job ids are reused (e.g. after a reinstall of SLURM), and a folder may hold the log of
-        another user's job: such a job is never cancelled and its files are never removed.
-        """
-        if self.live is not None:
-            # squeue lists the user's own jobs only: the folder tells whether it is this one.
-            why = foreign_workdir(self.job_id, self.workdir or "", self.log.path.parent)
-        elif self.account is None:
-            return None
-        elif self.owner != getpass.getuser():
-            return f"job of user {self.owner}: not touched"
-        else:
-            why = why_not_logged_job(
-                self.job_id, self.account, self.log.path.parent, self.log.submitted_time
-            )
-        return None if why is None else f"{why}, not touched"
-
-    @property
-    def end_state(self) -> str | None:
-        """The final state recorded in the log, else the one SLURM lists, else `None`."""
-        if self.log.done:
-            return self.log.last_state
-        for state in self.live, self.account and self.account["State"]:
-            if state in FINAL_STATES:
-                return state
-        return None
-
-    @property
-    def succeeded(self) -> bool:
-        """True when the script left exit code 0 and no failed end state is known."""
-        return self.ret == 0 and self.end_state not in FAILED_STATES
-
-    def slurm_column(self) -> str:
-        """What SLURM says now, with the reason of a pending job, for printing."""
-        if not self.asked:
-            return "?"
-        if self.live is None and self.account is not None:
-            return self.account["State"]
-        if self.live == "PENDING" and self.reason is not None:
-            return f"PENDING ({self.reason})"
-        return self.live or "gone"
-
-    def log_column(self) -> str:
-        """What the log and `slurmjob.ret` say, for printing."""
-        if self.orphan:
-            return "no log"
-        # SUBMITTING: killed before the job id was logged; the job was found by its token.
-        words = [self.log.last_state or ("SUBMITTING" if self.log.job_id is None else "SUBMITTED")]
-        if isinstance(self.ret, int):
-            words.append(f"exit={self.ret}")
-        elif isinstance(self.ret, str):
-            words.append("exit=?")
-        return " ".join(words)
 
 
 @dataclass
@@ -262,11 +113,21 @@ def _read_submitted_log(path: Path) -> JobLog:
     return joblog
 
 
+# How `stepup jobs --watch` reads the shared scheduler cache: cluster → SLURM's answer.
+SnapshotOf = Callable[[str | None], Snapshot]
+# What sacct said of each job in an earlier look: (cluster, job id) → (squeue's state then,
+# the `history` record, its `usage`).
+Remembered = dict[tuple[str | None, int], tuple[str | None, dict[str, str], Usage | None]]
+
+
 def ask_slurm(
     jobs: list[FoundJob],
     timeout: float,
     history: bool = False,
     roots: Iterable[str | Path] = (),
+    *,
+    snapshot: SnapshotOf | None = None,
+    remembered: Remembered | None = None,
 ) -> dict[str | None, str]:
     """Ask SLURM for the current states of the jobs, with one squeue and one sacct call per
     cluster.
@@ -283,11 +144,19 @@ def ask_slurm(
     timeout
         Seconds after which squeue or sacct is killed.
     history
-        Also ask sacct (in the same call) about the jobs squeue lists, and set `history` of
-        every job sacct knows.
+        Also ask sacct (in the same call) about the jobs squeue lists, and set `history` and
+        `usage` of every job sacct knows.
     roots
         The folders searched for logs. Jobs without a log are looked for on the clusters of
         the logs found (on the default cluster when none was found).
+    snapshot
+        Where the listing of a cluster comes from instead of a squeue call of its own: the
+        shared scheduler cache (`StateCache.snapshot`), which all waiting steps and watchers
+        renew at most once per cache period.
+    remembered
+        With `history`: sacct's earlier answers, used again (and updated): sacct is asked only
+        about jobs that are new, or whose state in squeue changed since, unless their record
+        is final already.
 
     Returns
     -------
@@ -301,13 +170,7 @@ def ask_slurm(
     for job in jobs:
         by_cluster.setdefault(job.cluster, []).append(job)
     for cluster, cluster_jobs in by_cluster.items():
-        result = run_command(squeue_command(cluster), timeout=timeout)
-        failure = result.describe() if result.returncode != 0 else None
-        if failure is None:
-            try:
-                listing = parse_squeue(result.stdout)
-            except UnreadableOutputError as exc:
-                failure = str(exc)
+        listing, failure = _listing(cluster, timeout, snapshot)
         if failure is not None:
             unreachable[cluster] = failure
             continue
@@ -326,15 +189,52 @@ def ask_slurm(
         # looked up in the accounting database, all in one call.
         unlisted = [job for job in cluster_jobs if job.job_id is not None and job.live is None]
         wanted = [job for job in cluster_jobs if job.job_id is not None] if history else unlisted
+        records: dict[int, dict[str, str]] = {}
+        usage: dict[tuple[int, str], Usage] = {}
+        if history and remembered is not None:
+            for job in wanted:
+                old = remembered.get((cluster, job.job_id))
+                # Asked again: a job that ended since, or that squeue no longer lists.
+                unchanged = job.live is not None and job.live not in FINAL_STATES
+                if old is not None and (
+                    old[1]["State"] in FINAL_STATES or (unchanged and old[0] == job.live)
+                ):
+                    records[job.job_id] = old[1]
+                    usage[job.job_id, old[1]["Submit"]] = old[2]
+            wanted = [job for job in wanted if job.job_id not in records]
         if wanted:
             ids = [job.job_id for job in wanted]
-            records = sacct_records(ids, cluster, timeout, HISTORY_FIELDS) or {}
-            for job in unlisted:
-                job.account = records.get(job.job_id)
+            # With `history`, the lines of the job steps (their peak memory) come along.
+            found, output = sacct_query(ids, cluster, timeout, HISTORY_FIELDS, steps=history)
+            records.update(found or {})
             if history:
-                for job in wanted:
-                    job.history = records.get(job.job_id)
+                usage.update(usage_by_run(output, HISTORY_FIELDS))
+        for job in unlisted:
+            job.account = records.get(job.job_id)
+        if history:
+            for job in cluster_jobs:
+                job.history = records.get(job.job_id)
+                if job.history is not None:
+                    job.usage = usage.get((job.job_id, job.history["Submit"]))
+                    if remembered is not None:
+                        remembered[cluster, job.job_id] = (job.live, job.history, job.usage)
     return unreachable
+
+
+def _listing(
+    cluster: str | None, timeout: float, snapshot: SnapshotOf | None
+) -> tuple[Listing | None, str | None]:
+    """What SLURM lists of the user's jobs on a cluster, else why it could not be asked."""
+    if snapshot is not None:
+        answer = snapshot(cluster)
+        return (answer.listing, None) if answer.ok else (None, answer.error.strip())
+    result = run_command(squeue_command(cluster), timeout=timeout)
+    if result.returncode != 0:
+        return None, result.describe()
+    try:
+        return parse_squeue(result.stdout), None
+    except UnreadableOutputError as exc:
+        return None, str(exc)
 
 
 def _orphans(
@@ -356,7 +256,14 @@ def _orphans(
     return orphans
 
 
-def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch | None:
+def search_jobs(
+    paths: Iterable[str | Path],
+    history: bool = False,
+    *,
+    snapshot: SnapshotOf | None = None,
+    remembered: Remembered | None = None,
+    report: bool = True,
+) -> JobSearch | None:
     """Find the jobs below the given folders, ask SLURM for their states, report problems.
 
     Parameters
@@ -365,6 +272,10 @@ def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch
         The folders to search.
     history
         Ask sacct about all jobs, also those squeue lists (see `ask_slurm`).
+    snapshot, remembered
+        See `ask_slurm`.
+    report
+        Print the problems on standard error (else the caller does, see `report_problems`).
 
     Returns
     -------
@@ -379,7 +290,7 @@ def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch
         return None
     paths = list(paths)
     jobs, errors = find_jobs(paths)
-    unreachable = ask_slurm(jobs, timeout, history, paths)
+    unreachable = ask_slurm(jobs, timeout, history, paths, snapshot=snapshot, remembered=remembered)
     # A submission interrupted before its Submitted record: only the token can tell the job.
     for job in jobs:
         if job.job_id is None:
@@ -395,71 +306,6 @@ def search_jobs(paths: Iterable[str | Path], history: bool = False) -> JobSearch
             )
     jobs = [job for job in jobs if job.job_id is not None]
     search = JobSearch(jobs, errors, unreachable, timeout)
-    search.report_problems()
+    if report:
+        search.report_problems()
     return search
-
-
-def add_search_arguments(parser: argparse.ArgumentParser):
-    """Add the PATH arguments shared by the job tools."""
-    parser.add_argument(
-        "paths",
-        nargs="*",
-        default=[Path(".")],
-        type=Path,
-        metavar="PATH",
-        help=f"Folders searched recursively for {LOG_NAME} (hidden folders are skipped). "
-        "Default: the current folder.",
-    )
-    add_version_argument(parser)
-
-
-def add_tool(
-    subparsers: argparse._SubParsersAction,
-    name: str,
-    *,
-    summary: str,
-    description: str,
-    add_arguments: Callable[[argparse.ArgumentParser], None],
-    tool: Callable[[argparse.Namespace], int],
-) -> Callable:
-    """Add a job tool as a StepUp subcommand and return the function that runs it.
-
-    The tools register with `(subparsers, loader=None)`: StepUp 3 passes the subparsers only,
-    StepUp 4 also its configuration loader (unused). Both ignore what the returned function
-    returns, so it exits through `sys.exit`.
-    """
-    parser = subparsers.add_parser(name, help=summary, description=description)
-    add_arguments(parser)
-    return lambda args: sys.exit(tool(args))
-
-
-def print_actions(rows: list[tuple[str, FoundJob, str]]):
-    """Print one row per job: action, job id, cluster, SLURM state (with the reason of a
-    pending job), log state, folder, note.
-
-    The cluster column is left out when no job names one (see `tables.print_table`).
-
-    Parameters
-    ----------
-    rows
-        (action, job, note) for each job; the note may be empty.
-    """
-    headers = ["ACTION", "JOB", "CLUSTER", "SLURM", "LOG", "FOLDER", "NOTE"]
-    cells = [
-        [
-            action,
-            str(job.job_id),
-            job.cluster or "",
-            job.slurm_column(),
-            job.log_column(),
-            str(job.folder),
-            note,
-        ]
-        for action, job, note in rows
-    ]
-    print_table(
-        headers,
-        cells,
-        wrap=("ACTION", "SLURM", "LOG", "NOTE"),
-        optional=("CLUSTER",),
-    )

@@ -5,6 +5,7 @@ job live in their own modules, and so do the job log, the wrapper and SLURM itse
 """
 
 import os
+import shlex
 
 from path import Path
 
@@ -194,13 +195,15 @@ def _inputs_changed(
         print(f"Inputs changed since job {job_id} was submitted; still waiting for it (ignore)")
         return joblog, None
     if config.onchange is OnChange.RAISE:
+        folder = shlex.quote(os.getcwd())
         raise JobError(
             f"The inputs of this step changed since job {job_id} was submitted from "
             f"{joblog.path}.\n"
             f"  digest in the log:  {joblog.digest}\n"
             f"  digest of the step: {digest}\n"
             "To run the job again with the new inputs, either cancel the old job if needed "
-            "(stepup canceljobs) and remove its log (stepup removejobs --all --commit), "
+            f"(stepup canceljobs {folder}) and remove its log "
+            f"(stepup removejobs --all --commit {folder}), "
             "or set STEPUP_QUEUE_ONCHANGE=resubmit to cancel and resubmit automatically "
             "(STEPUP_QUEUE_ONCHANGE=ignore keeps waiting for the old job). "
             "The older STEPUP_QUEUE_RESUBMIT_CHANGED_INPUTS=yes means the same as resubmit; "

@@ -12,15 +12,11 @@ import sys
 from collections.abc import Callable
 
 from .attempts import attempt_files
+from .found_job import FoundJob
 from .joblog import LOG_NAME
-from .jobsearch import (
-    FoundJob,
-    add_search_arguments,
-    add_tool,
-    print_actions,
-    search_jobs,
-)
+from .jobsearch import search_jobs
 from .states import FAILED_STATES
+from .toolcli import add_search_arguments, add_tool, print_actions
 from .wrapper import RET_NAME
 
 __all__ = ("JOB_FILES", "removejobs_subcommand", "removejobs_tool", "sq_remove_jobs")

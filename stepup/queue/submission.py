@@ -5,6 +5,7 @@ submit limit, tell refusals apart, and never leave a second job in a folder.
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from path import Path
@@ -30,7 +31,7 @@ from .slurm.identity import find_by_token
 from .slurm.locks import submit_turn
 from .slurm.queries import query_jobs
 from .waiting import nap
-from .wrapper import RET_NAME, JobScript, read_job_script, render_wrapper
+from .wrapper import JobScript, clear_ret, read_job_script, render_wrapper
 
 __all__ = ("after_rc", "submit_once")
 
@@ -53,89 +54,174 @@ def submit_once(
     -------
     what
         What happened, for the user: `Submitted`, or that the job was found.
+
+    Raises
+    ------
+    JobError
+        When the job cannot be submitted, with SLURM's reason.
+    SubmitInterrupted
+        On Ctrl-C, saying whether a job may have reached SLURM.
     """
-    wrapper = render_wrapper(script)
-    cache = StateCache(config, script.cluster)
-    token, since = joblog.token, joblog.submitting_time
-    # An interrupted attempt (ours, or a bare Submitting record of the original 2.x) may have
-    # reached SLURM even though its job id was never logged: look before submitting.
-    lookup = since is not None
-    failure = None
-    retries = 0
-    # The number of the user's queued jobs at which sbatch refused for a submit limit.
-    limit = None
-    # Refusals that are waited out with a back-off (see _pause_after_refusal).
-    refusals = 0
-    # Whether the clusters of the script are those that sbatch submits to after rc.
-    rc_seen = rc is None or lookup
+    submission = _Submission(joblog, script, rc, config, env, replaced)
     try:
-        while retries <= config.submit_retries:
-            if lookup:
-                certain, job_id = find_by_token(
-                    token, script.clusters, since, config.command_timeout
-                )
-                if job_id is not None:
-                    suffix = "" if script.cluster is None else f";{script.cluster}"
-                    record_submitted(joblog.path, f"{job_id}{suffix}")
+        return submission.run()
+    except KeyboardInterrupt:
+        raise SubmitInterrupted(submission.lookup) from None
+
+
+@dataclass
+class _Submission:
+    """The state of one job's submission, through retries, refusals and waits for room."""
+
+    joblog: JobLog
+    script: JobScript
+    rc: str | None
+    config: Config
+    env: dict[str, str]
+    # A job of this folder that was cancelled just now, which SLURM may still list.
+    replaced: int | None
+    cache: StateCache = field(init=False)
+    token: str | None = field(init=False)
+    since: datetime | None = field(init=False)
+    # Whether a job with the token may exist: an interrupted attempt (ours, or a bare
+    # Submitting record of the original 2.x) may have reached SLURM, although its job id was
+    # never logged. Such a job is looked for before anything is submitted.
+    lookup: bool = field(init=False)
+    # Whether the clusters of the script are those that sbatch submits to after rc.
+    rc_seen: bool = field(init=False)
+    # The number of the user's queued jobs at which sbatch refused for a submit limit.
+    limit: int | None = None
+    # Refusals that are waited out with a back-off (see _pause_after_refusal).
+    refusals: int = 0
+    retries: int = 0
+    failure: CommandResult | None = None
+    # When sbatch last ran: the queue of a refusal at a submit limit is counted after it.
+    sbatch_time: datetime | None = None
+
+    def __post_init__(self):
+        self.cache = StateCache(self.config, self.script.cluster)
+        self.token, self.since = self.joblog.token, self.joblog.submitting_time
+        self.lookup = self.since is not None
+        self.rc_seen = self.rc is None or self.lookup
+
+    def run(self) -> str:
+        """Try until the job is submitted or found; see `submit_once`."""
+        while self.retries <= self.config.submit_retries:
+            if self.lookup:
+                found = self._find_interrupted()
+                if found:
                     return "Found the interrupted submission's"
-                if not certain:
-                    retries = _back_off(retries, config)
+                if found is None:
+                    self.retries = _back_off(self.retries, self.config)
                     continue
-            if limit is not None:
-                _wait_for_room(cache, limit, config)
-            with _submit_turn(cache, config) if limit is not None else nullcontext():
-                snapshot = cache.snapshot()
-                if limit is not None and (
-                    not snapshot.ok or len(snapshot.listing.active()) >= limit
-                ):
-                    # Another step took the room.
-                    continue
-                # Without an answer, trust the log: SLURM's answer only adds a safety check.
-                if snapshot.ok:
-                    _check_no_live_job(snapshot, script.cluster, {token, replaced}, config)
-                if token is None:
-                    token = f"stepup-queue-{os.urandom(8).hex()}"
-                    since = append_record(joblog.path, f"Submitting {token}")
-                lookup = True
-                # An exit code left by an earlier job must never be taken for this submission's.
-                Path(RET_NAME).write_text("")
-                refused = datetime.now()
-                result = submit(
-                    wrapper, rc=rc, token=token, timeout=config.command_timeout, env=env
-                )
-                if result.returncode == 0:
-                    submitted = _submitted_line(result)
-                    record_submitted(joblog.path, submitted)
-                    if limit is not None:
-                        cache.record_submission(parse_submitted(submitted)[0], token)
-                    return "Submitted"
-            refusal = submit_refusal(result.stderr + result.stdout)
-            if refusal is not None:
-                # A clear refusal: no job carries the token.
-                lookup = False
-                if refusal[0] is Refusal.OWN_LIMIT:
-                    limit = _limit_at_refusal(cache, refused, result, config)
-                else:
-                    limit = None
-                    refusals += 1
-                    where = Path.cwd() / script.path
-                    _pause_after_refusal(refusal, refusals, result, where, config)
+            if self.limit is not None:
+                _wait_for_room(self.cache, self.limit, self.config)
+            result = self._submit_in_turn()
+            if result is None:
+                # Another step took the room.
                 continue
-            failure = result
+            if result.returncode == 0:
+                return "Submitted"
+            if self._refused(result):
+                continue
+            self.failure = result
             if not is_transient(result):
                 break
-            if not rc_seen:
-                # sbatch may have submitted (e.g. it timed out) where rc sent it: look there.
-                script = after_rc(script, rc, config, env)
-                cache = StateCache(config, script.cluster)
-                rc_seen = True
-            if config.debug:
-                print(f"Transient failure, retrying: {result.describe()}")
-            retries = _back_off(retries, config)
-    except KeyboardInterrupt:
-        raise SubmitInterrupted(lookup) from None
-    detail = failure.describe() if failure is not None else "SLURM could not be reached"
-    raise JobError(f"Could not submit {Path.cwd() / script.path}: {detail}")
+            self._before_retry(result)
+        detail = self.failure.describe() if self.failure else "SLURM could not be reached"
+        raise JobError(f"Could not submit {Path.cwd() / self.script.path}: {detail}")
+
+    def _find_interrupted(self) -> bool | None:
+        """Log the job of an interrupted attempt when SLURM has it.
+
+        Returns
+        -------
+        found
+            True when found and logged, False when SLURM has no such job, `None` when SLURM
+            could not be asked.
+        """
+        certain, job_id = find_by_token(
+            self.token, self.script.clusters, self.since, self.config.command_timeout
+        )
+        if job_id is not None:
+            suffix = "" if self.script.cluster is None else f";{self.script.cluster}"
+            record_submitted(self.joblog.path, f"{job_id}{suffix}")
+            return True
+        return False if certain else None
+
+    def _submit_in_turn(self) -> CommandResult | None:
+        """Run sbatch once, in turn with other steps at a submit limit, and log the job.
+
+        Returns
+        -------
+        result
+            What sbatch did; `None` when another step took the room in the queue first.
+        """
+        config = self.config
+        with _submit_turn(self.cache, config) if self.limit is not None else nullcontext():
+            snapshot = self.cache.snapshot()
+            if self.limit is not None and (
+                not snapshot.ok or len(snapshot.listing.active()) >= self.limit
+            ):
+                return None
+            # Without an answer, trust the log: SLURM's answer only adds a safety check.
+            if snapshot.ok:
+                known = {self.token, self.replaced}
+                _check_no_live_job(snapshot, self.script.cluster, known, config)
+            if self.token is None:
+                self.token = f"stepup-queue-{os.urandom(8).hex()}"
+                self.since = append_record(self.joblog.path, f"Submitting {self.token}")
+            self.lookup = True
+            # An exit code left by an earlier job must never be taken for this submission's:
+            # after the log was rewritten, and under the wrapper's lock, see wrapper.sh.
+            clear_ret()
+            self.sbatch_time = datetime.now()
+            result = submit(
+                render_wrapper(self.script, self.token),
+                rc=self.rc,
+                token=self.token,
+                timeout=config.command_timeout,
+                env=self.env,
+            )
+            if result.returncode == 0:
+                submitted = _submitted_line(result)
+                record_submitted(self.joblog.path, submitted)
+                if self.limit is not None:
+                    self.cache.record_submission(parse_submitted(submitted)[0], self.token)
+            return result
+
+    def _refused(self, result: CommandResult) -> bool:
+        """After a clear refusal of SLURM's policy, wait as the refusal asks (or raise).
+
+        Returns
+        -------
+        refused
+            False when sbatch failed for another reason.
+        """
+        refusal = submit_refusal(result.stderr + result.stdout)
+        if refusal is None:
+            return False
+        # A clear refusal: no job carries the token.
+        self.lookup = False
+        if refusal[0] is Refusal.OWN_LIMIT:
+            self.limit = _limit_at_refusal(self.cache, self.sbatch_time, result, self.config)
+        else:
+            self.limit = None
+            self.refusals += 1
+            where = Path.cwd() / self.script.path
+            _pause_after_refusal(refusal, self.refusals, result, where, self.config)
+        return True
+
+    def _before_retry(self, result: CommandResult):
+        """Back off after a transient failure of sbatch."""
+        if not self.rc_seen:
+            # sbatch may have submitted (e.g. it timed out) where rc sent it: look there.
+            self.script = after_rc(self.script, self.rc, self.config, self.env)
+            self.cache = StateCache(self.config, self.script.cluster)
+            self.rc_seen = True
+        if self.config.debug:
+            print(f"Transient failure, retrying: {result.describe()}")
+        self.retries = _back_off(self.retries, self.config)
 
 
 def after_rc(script: JobScript, rc: str, config: Config, env: dict[str, str]) -> JobScript:

@@ -43,6 +43,7 @@ def print_table(
     wrap: tuple[str, ...] = (),
     optional: tuple[str, ...] = (),
     file: TextIO | None = None,
+    width: int | None = None,
 ):
     """Print rows as an aligned table that fits the terminal.
 
@@ -60,8 +61,10 @@ def print_table(
         Headers of the columns left out when all their cells are empty.
     file
         Where to print; standard output by default.
+    width
+        The width to fit; by default the terminal's (see the module's docstring).
     """
-    console = Console(file=file or sys.stdout, highlight=False, soft_wrap=False)
+    console = Console(file=file or sys.stdout, highlight=False, soft_wrap=False, width=width)
     keep = [
         i
         for i, header in enumerate(headers)
@@ -75,11 +78,11 @@ def print_table(
         for row in rows:
             row[index] = shorten_middle(row[index], widths[index])
     table = Table(box=None, pad_edge=False, padding=(0, 1), show_edge=False)
-    for header, width in zip(headers, widths, strict=True):
+    for header, column_width in zip(headers, widths, strict=True):
         if header in wrap:
-            table.add_column(header, width=width, overflow="fold")
+            table.add_column(header, width=column_width, overflow="fold")
         else:
-            table.add_column(header, width=width, no_wrap=True, overflow="ellipsis")
+            table.add_column(header, width=column_width, no_wrap=True, overflow="ellipsis")
     for row in rows:
         # Text, not markup: a folder or a note may contain `[`.
         table.add_row(*map(Text, row))

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from path import Path
 
-from .jobs import JobRow
+from .jobrows import JobRow
 from .tables import shorten_middle
 
 __all__ = ("FORMATS", "PLOT_HINT", "Bar", "draw_timeline", "timeline_bars", "timeline_problem")
@@ -43,6 +43,8 @@ _PITCH = 0.25
 _PITCH_MANY = 0.07
 # The smallest distance between folder labels, in points.
 _LABEL_PITCH = 8.0
+# The shortest time axis (days): ten seconds, so that ticks fall on whole seconds.
+_MIN_SPAN = 10 / 86400
 _LABEL_WIDTH = 40
 
 
@@ -146,13 +148,19 @@ def draw_timeline(rows: list[JobRow], path: Path, now: datetime):
         for bar, middle, end in zip(bars, middles, ends, strict=True)
     ]
     ax.barh(y, queued, left=starts, color=colors, alpha=_QUEUE_ALPHA, label="queued", height=0.8)
-    ax.barh(y, ran, left=middles, color=colors, label="ran", height=0.8)
+    # An edge in the bar's color: a job that sacct says ran 0 s (whole seconds) shows as a line.
+    ax.barh(
+        y, ran, left=middles, color=colors, edgecolor=colors, linewidth=1.0, label="ran", height=0.8
+    )
     # Thin out the folder labels when the bars are too close for them.
     pitch = (height - 1.6) * 72 / count
     step = max(1, math.ceil(_LABEL_PITCH / pitch))
     ax.set_yticks(y[::step], [shorten_middle(bar.folder, _LABEL_WIDTH) for bar in bars][::step])
     ax.tick_params(axis="y", labelsize=min(9.0, max(pitch * step * 0.9, 5.0)))
     ax.set_ylim(len(bars) - 0.5, -0.5)
+    if bars and max(ends) - min(starts) < _MIN_SPAN:
+        # Shorter spans get ticks every fraction of a second, which all read the same.
+        ax.set_xlim(min(starts), min(starts) + _MIN_SPAN)
     ax.xaxis.set_major_locator(dates.AutoDateLocator())
     # Clock times on every tick: a concise formatter shows bare seconds (05 06 07) for short runs.
     short = not bars or max(ends) - min(starts) < 1.0

@@ -2,7 +2,9 @@
 cache, cancel a job that can never start, and decide the step's exit code at the end.
 """
 
+import os
 import random
+import shlex
 import time
 from datetime import datetime, timedelta
 
@@ -142,7 +144,8 @@ def _check_hopeless(
         f"Job {joblog.job_id}{on_cluster(joblog)} was pending with SLURM's reason {reason}, "
         f"which does not resolve by itself, for more than {config.hopeless_grace:g} s "
         "(STEPUP_SBATCH_HOPELESS_GRACE): StepUp Queue cancelled it. Likely fix: "
-        f"{fix}. Then clear the job folder (stepup removejobs --commit) and run the "
+        f"{fix}. Then clear the job folder (stepup removejobs --commit "
+        f"{shlex.quote(os.getcwd())}) and run the "
         "workflow again."
     )
 

@@ -2,36 +2,42 @@
 
 The wrapper carries the `#SBATCH` lines of the user's script, runs the script, and writes its
 exit code to `slurmjob.ret`. The user's script is never modified: it is an input of the step.
+The wrapper is the bash template `wrapper.sh` next to this module, whose comments explain it;
+`render_wrapper` fills its slots.
 
-The wrapper, not the script, is SLURM's batch shell. Signals that SLURM sends to the batch shell
-alone (`#SBATCH --signal=B:USR1@60`, `scancel -b -s USR1`) are passed on to the script, so that
-it can checkpoint as it would when submitted with plain sbatch. SIGTERM is passed on only while
-SLURM lists the job as RUNNING: SLURM also sends it to every process of a job that it ends
-(scancel, time limit, requeue), the script included, and the job then leaves no exit code.
+The wrapper, not the script, is SLURM's batch shell; the script runs in its process group.
+Signals that SLURM sends to the batch shell alone (`#SBATCH --signal=B:USR1@60`,
+`scancel -b -s USR1`) are passed on to the script, so that it can checkpoint as it would when
+submitted with plain sbatch. SIGTERM is passed on unless SLURM says that the job no longer
+runs: SLURM also sends it to every process of a job that it ends (scancel, time limit,
+requeue), the script included, and the job then leaves no exit code. The exit code is written
+only while the job log names the job (`clear_ret` holds the other end of that bargain).
 """
 
+import contextlib
+import fcntl
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 
 from path import Path
+
+from .joblog import LOG_NAME
 
 __all__ = (
     "RET_NAME",
     "JobScript",
     "JobScriptError",
+    "clear_ret",
     "read_job_script",
     "read_ret",
     "render_wrapper",
 )
 
 RET_NAME = "slurmjob.ret"
-
-# The signals that the wrapper passes on to the script: all that can be caught and that a user
-# may send to the batch shell, except TERM (see on_term), CONT (SLURM sends it to every process
-# before ending a job) and those of the kernel about the wrapper itself (SEGV, PIPE, CHLD, ...).
-_FORWARDED_SIGNALS = "HUP INT QUIT ABRT USR1 USR2 ALRM URG XCPU XFSZ VTALRM PROF WINCH"
 
 # Options of sbatch that StepUp Queue sets itself or cannot support, and why.
 _FORBIDDEN_OPTIONS = {
@@ -196,61 +202,52 @@ def _run_command(path: Path, shebang: str) -> str:
     return shlex.join(words)
 
 
-def render_wrapper(script: JobScript) -> str:
+def render_wrapper(script: JobScript, token: str | None = None) -> str:
     """Return the bash wrapper that is submitted instead of the user's script.
+
+    The wrapper is the template `wrapper.sh` of this package with its slots filled.
 
     Parameters
     ----------
     script
         The checked job script.
+    token
+        The token of the submission (the job's comment), which the job log records in its
+        `Submitting` record until it records the job id. `None` for a wrapper run by hand.
 
     Returns
     -------
     wrapper
         The text of the wrapper, to be passed to sbatch on standard input.
     """
-    lines = [
-        "#!/usr/bin/env bash",
-        *script.directives,
-        "# Written by StepUp Queue: runs the job script and keeps its exit code.",
-        f": > {RET_NAME}",
-        "# Signals that SLURM sends to this batch shell alone are meant for the script.",
-        'forward() { if [ -n "$!" ]; then kill -s "$1" "$!" 2> /dev/null; fi; }',
-        f'for sig in {_FORWARDED_SIGNALS}; do trap "forward $sig" "$sig"; done',
-        "# SLURM ends a job (scancel, time limit, requeue) with SIGTERM to all its processes,",
-        "# and then lists it no longer as RUNNING. A SIGTERM while the job runs on is for this",
-        "# batch shell alone (--signal=B:TERM@60, scancel -b -s TERM): it is the script's.",
-        "running() {",
-        '    [ -n "${SLURM_JOB_ID:-}" ] \\',
-        '        && scontrol show job "$SLURM_JOB_ID" 2> /dev/null | grep -q " JobState=RUNNING "',
-        "}",
-        "on_term() { if running; then forward TERM; else terminated=yes; fi; }",
-        "trap on_term TERM",
-        "# With job control, the script in the background keeps SIGINT and SIGQUIT at their",
-        "# defaults and bash runs a SIGINT trap like any other. Poll, not wait: bash 5.2 may",
-        "# lose the exit code of a script that ends while a trap interrupts wait. Traps run",
-        "# between the sleeps, short ones first so that a short job ends without delay.",
-        "# Bash's job status lines (Terminated, Killed) go to /dev/null.",
-        "set -m",
-        "{",
-        f"    {script.command} 2>&3 3>&- &",
-        "    pid=$!",
-        '    while kill -0 "$pid"; do',
-        '        if [ "$SECONDS" -lt 10 ]; then sleep 0.1; else sleep 1; fi',
-        "    done",
-        '    wait "$pid"',
-        "    code=$?",
-        "    set +m",
-        "} 3>&2 2> /dev/null",
-        "# SLURM's SIGTERM may reach the script first, and end it before this shell traps it.",
-        'if [ "$code" -ne 0 ] && [ -n "${SLURM_JOB_ID:-}" ] && ! running; then terminated=yes; fi',
-        "# A job ended by SLURM leaves no exit code: the step then reports SLURM's state.",
-        'if [ -z "${terminated:-}" ]; then',
-        f'    echo "$code" > {RET_NAME}',
-        "fi",
-        'exit "$code"',
-    ]
-    return "\n".join(lines) + "\n"
+    slots = {
+        "#@DIRECTIVES@\n": "".join(f"{line}\n" for line in script.directives),
+        "@RET@": shlex.quote(RET_NAME),
+        "@LOG@": shlex.quote(LOG_NAME),
+        "@TOKEN@": shlex.quote(token or ""),
+        "@COMMAND@": script.command,
+    }
+    template = resources.files(__package__).joinpath("wrapper.sh").read_text(encoding="utf-8")
+    # One pass, so that a slot's value is never searched for slots.
+    return re.sub("|".join(map(re.escape, slots)), lambda match: slots[match[0]], template)
+
+
+def clear_ret(folder: str | Path = "."):
+    """Empty `slurmjob.ret` under the lock that the wrapper takes to write it.
+
+    Call it after the job log was rewritten for a new submission: a job that the log no longer
+    names then cannot write its exit code into the file afterwards (see `wrapper.sh`).
+
+    Parameters
+    ----------
+    folder
+        The job folder.
+    """
+    with open(Path(folder) / RET_NAME, "a", encoding="utf-8") as fh:
+        # On a file system without locks, the wrapper writes without a lock too.
+        with contextlib.suppress(OSError):
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.truncate(0)
 
 
 def read_ret(folder: str | Path = ".") -> int | str | None:

@@ -30,11 +30,13 @@ from .parsers import (
 __all__ = (
     "ACCOUNT_FIELDS",
     "HISTORY_FIELDS",
+    "USAGE_FIELDS",
     "accounted_submissions",
     "default_cluster_name",
     "listed_submissions",
     "query_jobs",
     "requeue_exit_codes",
+    "sacct_query",
     "sacct_records",
     "show_config",
     "show_records",
@@ -66,9 +68,31 @@ def query_jobs(job_ids: Iterable[int], cluster: str | None, timeout: float) -> L
 # User before WorkDir, the field that takes the rest of the line; End tells the runs of a
 # requeued job (see `last_run`).
 ACCOUNT_FIELDS = ("JobIDRaw", "State", "Submit", "End", "User", "WorkDir")
+# What a job asked for and used, read by `efficiency.usage_by_run` from the line of the job
+# and those of its steps (peak memory); `Submit` tells the runs of a requeued job apart.
+USAGE_FIELDS = (
+    "Elapsed",
+    "TotalCPU",
+    "AllocCPUS",
+    "ReqMem",
+    "MaxRSS",
+    "TRESUsageInTot",
+    "Timelimit",
+    "NNodes",
+)
 # The fields `stepup jobs` shows: those of ACCOUNT_FIELDS (to tell whether the job is the
-# logged one), times and exit code.
-HISTORY_FIELDS = ("JobIDRaw", "State", "ExitCode", "Submit", "Start", "End", "User", "WorkDir")
+# logged one), times, exit code and USAGE_FIELDS.
+HISTORY_FIELDS = (
+    "JobIDRaw",
+    "State",
+    "ExitCode",
+    "Submit",
+    "Start",
+    "End",
+    *USAGE_FIELDS,
+    "User",
+    "WorkDir",
+)
 
 
 def sacct_records(
@@ -102,13 +126,34 @@ def sacct_records(
         Job id → the fields after `JobIDRaw` and `FirstSubmit`, for the jobs sacct knows;
         `None` when sacct failed.
     """
+    return sacct_query(job_ids, cluster, timeout, fields)[0]
+
+
+def sacct_query(
+    job_ids: Iterable[int],
+    cluster: str | None,
+    timeout: float,
+    fields: tuple[str, ...],
+    steps: bool = False,
+) -> tuple[dict[int, dict[str, str]] | None, str]:
+    """`sacct_records`, and sacct's output, which holds the lines of the job steps (`ID.batch`,
+    ...) after the line of their job when `steps` is true: still one call.
+
+    Returns
+    -------
+    records, output
+        The records as returned by `sacct_records`, and what sacct printed (empty when it
+        failed).
+    """
     ids = ",".join(map(str, sorted(job_ids)))
-    args = ["sacct", *cluster_args(cluster), "-X", "-D", "-n", "-P", "-a", "-j", ids]
+    only_jobs = [] if steps else ["-X"]
+    args = ["sacct", *cluster_args(cluster), *only_jobs, "-D", "-n", "-P", "-a", "-j", ids]
     result = run_command([*args, "-o", ",".join(fields)], timeout=timeout)
     if result.returncode != 0:
-        return None
+        return None, ""
     runs = readable(parse_job_runs, result.stdout, fields)
-    return None if runs is None else {job_id: last_run(rs) for job_id, rs in runs.items()}
+    records = None if runs is None else {job_id: last_run(rs) for job_id, rs in runs.items()}
+    return records, result.stdout
 
 
 # Successful answers of `scontrol show config`: a step asks for the name of the default cluster
