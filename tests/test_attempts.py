@@ -5,10 +5,11 @@ The retries of a real infrastructure failure (NODE_FAIL) take the node down: the
 test_faults.py, with the other disruptive tests. Here a TIMEOUT (with retry_on) stands in.
 """
 
+import json
 import time
 
 import pytest
-from conftest import Workflow, fake_command, wait_for, with_bin
+from conftest import JobTools, Workflow, fake_command, table, wait_for, with_bin
 from path import Path
 
 from stepup.queue.attempts import (
@@ -148,15 +149,25 @@ def check_attempts(workflow: Workflow, states: list[str]):
     assert [p.read_text() for p in outs] == [f"attempt of job {i}\n" for i in ids]
 
 
-def test_timeout_retried(workflow: Workflow):
-    """retry_on=TIMEOUT with retries=1: the second attempt succeeds; both are on record."""
+def test_timeout_retried(jobtools: JobTools):
+    """retry_on=TIMEOUT with retries=1: the second attempt succeeds; both are on record, and
+    `stepup jobs` shows the earlier attempt."""
+    workflow = jobtools.workflow
     workflow.plan(RETRY_PLAN.format(retries=1))
     workflow.job("job", TIMES_OUT_ONCE)
     result = workflow.boot(timeout=400)
     assert result.returncode == 0, result.stdout
     check_attempts(workflow, ["TIMEOUT", "COMPLETED"])
     assert "ended with TIMEOUT: submitting it again, attempt 2 of at most 2" in result.stdout
-    assert read_log(workflow.root / "job/slurmjob.log.1").last_state == "TIMEOUT"
+    first = read_log(workflow.root / "job/slurmjob.log.1")
+    assert first.last_state == "TIMEOUT"
+    shown = jobtools.run("jobs", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (row,) = json.loads(shown.stdout)["jobs"]
+    assert row["state"] == "COMPLETED"
+    assert row["attempts"] == [{"job_id": first.job_id, "state": "TIMEOUT"}]
+    (cells,) = table(jobtools.run("jobs").stdout)
+    assert cells["REASON/EXIT"] == "exit 0, attempt 2"
     # A changed number of retries is no change of the job's inputs: nothing is submitted.
     for retries in 3, 0:
         workflow.plan(RETRY_PLAN.format(retries=retries))

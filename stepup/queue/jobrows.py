@@ -7,8 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from .attempts import earlier_attempts
 from .efficiency import Usage
 from .found_job import FoundJob
+from .joblog import JobLogError
 from .jobsearch import JobSearch
 from .states import FINAL_STATES
 
@@ -47,6 +49,9 @@ class JobRow:
     usage
         What an ended job asked for and used according to sacct (CPU, memory, time limit),
         `None` for a job that has not ended or that sacct does not know.
+    attempts
+        The earlier attempts of the job, submitted again after an infrastructure failure
+        (see `attempts`): job id and last logged state of each, oldest first.
     """
 
     folder: str
@@ -63,20 +68,26 @@ class JobRow:
     queued: float | None
     ran: float | None
     usage: Usage | None = None
+    attempts: tuple[tuple[int | None, str | None], ...] = ()
 
     @property
     def has_ended(self) -> bool:
         return self.state in FINAL_STATES
 
     def detail(self) -> str:
-        """The pending reason of a pending job, the exit code of an ended one."""
+        """The pending reason of a pending job, the exit code of an ended one, and which attempt
+        it is when SLURM ended earlier attempts with an infrastructure failure."""
         if self.reason is not None:
-            return self.reason
-        if not self.has_ended:
-            return ""
-        if self.signal is not None:
-            return f"signal {self.signal}"
-        return "no exit code" if self.exit_code is None else f"exit {self.exit_code}"
+            detail = self.reason
+        elif not self.has_ended:
+            detail = ""
+        elif self.signal is not None:
+            detail = f"signal {self.signal}"
+        else:
+            detail = "no exit code" if self.exit_code is None else f"exit {self.exit_code}"
+        if self.attempts:
+            detail = f"{detail}, attempt {len(self.attempts) + 1}".lstrip(", ")
+        return detail
 
     def to_json(self) -> dict:
         """The row with the documented, stable field names of `stepup jobs --json`."""
@@ -99,6 +110,7 @@ class JobRow:
             "queued_seconds": self.queued,
             "ran_seconds": self.ran,
             "efficiency": None if self.usage is None else self.usage.to_json(),
+            "attempts": [{"job_id": job_id, "state": state} for job_id, state in self.attempts],
         }
 
 
@@ -187,7 +199,18 @@ def job_row(job: FoundJob, now: datetime) -> JobRow:
         queued=None if queued is None else max(queued.total_seconds(), 0.0),
         ran=None if ran is None else max(ran.total_seconds(), 0.0),
         usage=job.usage if ended_state and record is not None else None,
+        attempts=_attempts(job),
     )
+
+
+def _attempts(job: FoundJob) -> tuple[tuple[int | None, str | None], ...]:
+    """The job id and last state of each earlier attempt; none when they cannot be read (a
+    folder gone or not readable, a damaged log of an attempt): the row still shows the job."""
+    try:
+        logs = earlier_attempts(job.log.path, job.log.digest)
+    except (OSError, JobLogError):
+        return ()
+    return tuple((log.job_id, log.last_state) for log in logs)
 
 
 def job_rows(search: JobSearch, now: datetime) -> list[JobRow]:
