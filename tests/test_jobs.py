@@ -143,9 +143,11 @@ def test_table_and_json_match_sacct(jobtools: JobTools):
     assert [job["folder"] for job in jobs] == sorted(ids)
     fields = ["folder", "job_id", "cluster", "state", "source", "reason", "exit_code", "signal"]
     fields += ["submitted", "started", "ended", "queued_seconds", "ran_seconds", "efficiency"]
+    fields += ["attempts"]
     for job in jobs:
         assert list(job) == fields
         assert job["cluster"] is None
+        assert job["attempts"] == []
         record = records[job["job_id"]]
         submit, start, end = sacct_times(record)
         assert job["submitted"] == record["Submit"]
