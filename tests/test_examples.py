@@ -107,9 +107,16 @@ def active_jobs(root: Path) -> list[str]:
 
 def test_slurm_perpetual(workflow):
     copy_example("slurm-perpetual", workflow.root)
+    # Stop each run of workflow.sh early, while produce/ still runs, but not before StepUp
+    # has started: StepUp 3.2.3's director dies when `stepup shutdown` comes while it still
+    # boots its workers (FileNotFoundError on a worker's socket), and `stepup boot` then waits
+    # for it for ever. Seen in CI with a stop after 3 s on a loaded machine; booting takes
+    # about 2 s here, so 15 s leave a wide margin. produce/ runs longer to match.
+    script = workflow.root / "produce/slurmjob.sh"
+    assert "sleep 10\n" in script.read_text()
+    script.write_text(script.read_text().replace("sleep 10\n", "sleep 40\n"))
     env = workflow.env | {
-        # Stop each run of workflow.sh early, while produce/ (10 s) still runs.
-        "WORKFLOW_STOP_AFTER": "3",
+        "WORKFLOW_STOP_AFTER": "15",
         "WORKFLOW_STOP_GRACE": "2",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{workflow.env['PATH']}",
     }
@@ -123,9 +130,9 @@ def test_slurm_perpetual(workflow):
     )
     # Each run of workflow.sh submits the next one before it ends, so the chain is over when
     # no job of this workflow is pending or running.
-    # A bound, not a target: alone it takes about 40 s on StepUp 4 and 80 s on StepUp 3, and
+    # A bound, not a target: alone it takes about 70 s on StepUp 4 and 100 s on StepUp 3, and
     # much longer when the parallel tests keep slurmctld and the two cores busy.
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 450
     while active_jobs(workflow.root):
         assert time.monotonic() < deadline, "the workflow did not finish in time"
         time.sleep(1)
