@@ -1,14 +1,17 @@
 """Tests of the search shared by `stepup canceljobs` and `stepup removejobs`."""
 
 import os
+from datetime import datetime, timedelta
 
 import pytest
 from conftest import DIGEST, JobTools, write_log
 from path import Path
 
 from stepup.queue.found_job import FoundJob
-from stepup.queue.joblog import JobLog
-from stepup.queue.jobsearch import ask_slurm, find_jobs
+from stepup.queue.joblog import JobLog, read_log
+from stepup.queue.jobsearch import ask_slurm, find_jobs, search_jobs
+from stepup.queue.slurm.cache import Snapshot
+from stepup.queue.slurm.parsers import Listing
 from stepup.queue.toolcli import print_actions
 from stepup.queue.wrapper import read_ret
 
@@ -168,3 +171,22 @@ def test_unreadable_folder_is_reported(tmp_path):
     (error,) = errors
     assert error.startswith(f"Skipped {root / ('00' + 'x' * 240)}/")
     assert error.endswith(": cannot read this folder (File name too long).")
+
+
+def test_a_submission_newer_than_the_cached_answer_is_no_error(tmp_path, monkeypatch):
+    """`stepup jobs --watch` reads the shared cache, whose answer may be older than a step's
+    Submitting record: that job is being submitted, not lost (seen in CI as an error line)."""
+    root = Path(tmp_path)
+    log = write_log(root / "job", "Submitting stepup-queue-0123456789abcdef")
+    began = read_log(log).submitting_time
+
+    def answer_at(time: datetime):
+        return lambda cluster: Snapshot(time, 0, Listing.empty())
+
+    monkeypatch.chdir(root)
+    before = search_jobs([Path(".")], snapshot=answer_at(began - timedelta(seconds=5)))
+    assert (before.jobs, before.errors) == ([], [])
+    after = search_jobs([Path(".")], snapshot=answer_at(began + timedelta(seconds=5)))
+    assert after.jobs == []
+    (error,) = after.errors
+    assert error.startswith("Skipped: the job log ./job/slurmjob.log has no Submitted record")

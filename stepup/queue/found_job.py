@@ -5,6 +5,7 @@ say of it, and the verdicts the tools act on: alive, ended, succeeded, or not ou
 import getpass
 import os
 from dataclasses import dataclass
+from datetime import datetime
 
 from path import Path
 
@@ -31,6 +32,8 @@ class FoundJob:
         The contents of `slurmjob.ret`, see `read_ret`.
     asked
         True when SLURM answered the query for this job's cluster.
+    asked_at
+        When that answer was given (a cached answer may be older than the search), else `None`.
     live
         The state SLURM lists for the job now, `None` when it is not listed (or not asked).
     reason
@@ -56,6 +59,7 @@ class FoundJob:
     log: JobLog
     ret: int | str | None
     asked: bool = False
+    asked_at: datetime | None = None
     live: str | None = None
     reason: str | None = None
     token_id: int | None = None

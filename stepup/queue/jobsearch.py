@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from path import Path
 
@@ -170,7 +171,7 @@ def ask_slurm(
     for job in jobs:
         by_cluster.setdefault(job.cluster, []).append(job)
     for cluster, cluster_jobs in by_cluster.items():
-        listing, failure = _listing(cluster, timeout, snapshot)
+        listing, answered, failure = _listing(cluster, timeout, snapshot)
         if failure is not None:
             unreachable[cluster] = failure
             continue
@@ -180,6 +181,7 @@ def ask_slurm(
         by_token = {comment: job_id for job_id, comment in listing.comments.items()}
         for job in cluster_jobs:
             job.asked = True
+            job.asked_at = answered
             if job.log.job_id is None:
                 job.token_id = by_token.get(job.log.token)
             job.live = listing.states.get(job.job_id)
@@ -223,18 +225,24 @@ def ask_slurm(
 
 def _listing(
     cluster: str | None, timeout: float, snapshot: SnapshotOf | None
-) -> tuple[Listing | None, str | None]:
-    """What SLURM lists of the user's jobs on a cluster, else why it could not be asked."""
+) -> tuple[Listing | None, datetime, str | None]:
+    """What SLURM lists of the user's jobs on a cluster and when, else why it could not be
+    asked."""
     if snapshot is not None:
         answer = snapshot(cluster)
-        return (answer.listing, None) if answer.ok else (None, answer.error.strip())
+        return (
+            (answer.listing, answer.time, None)
+            if answer.ok
+            else (None, answer.time, answer.error.strip())
+        )
+    answered = datetime.now()
     result = run_command(squeue_command(cluster), timeout=timeout)
     if result.returncode != 0:
-        return None, result.describe()
+        return None, answered, result.describe()
     try:
-        return parse_squeue(result.stdout), None
+        return parse_squeue(result.stdout), answered, None
     except UnreadableOutputError as exc:
-        return None, str(exc)
+        return None, answered, str(exc)
 
 
 def _orphans(
@@ -293,6 +301,9 @@ def search_jobs(
     unreachable = ask_slurm(jobs, timeout, history, paths, snapshot=snapshot, remembered=remembered)
     # A submission interrupted before its Submitted record: only the token can tell the job.
     for job in jobs:
+        if job.job_id is None and _submitting_now(job):
+            # Not yet in SLURM's answer, which is older than the submission (e.g. cached).
+            continue
         if job.job_id is None:
             why = (
                 "squeue lists no job with its token on the default cluster: the job was not "
@@ -309,3 +320,9 @@ def search_jobs(
     if report:
         search.report_problems()
     return search
+
+
+def _submitting_now(job: FoundJob) -> bool:
+    """True for a log whose submission began after SLURM's answer about its cluster."""
+    began = job.log.submitting_time
+    return job.asked_at is not None and began is not None and began > job.asked_at
