@@ -103,15 +103,11 @@ def run_plain(parent: Path, host: Host, size: int, sleep: float) -> dict[str, ob
     workflow.write("task.sh", PLAIN_TASK, 0o755)
     chunk = max_array_size()
     t_start = time.time()
-    procs = [
-        subprocess.Popen(
-            ["sbatch", "--wait", f"--array=0-{min(chunk, size - first) - 1}", "-o", "/dev/null"]
-            + ["task.sh", str(first)],
-            cwd=workflow.root,
-            stdout=subprocess.DEVNULL,
-        )
-        for first in range(0, size, chunk)
-    ]
+    procs = []
+    for first in range(0, size, chunk):
+        tasks = f"--array=0-{min(chunk, size - first) - 1}"
+        command = ["sbatch", "--wait", tasks, "-o", "/dev/null", "task.sh", str(first)]
+        procs.append(subprocess.Popen(command, cwd=workflow.root, stdout=subprocess.DEVNULL))
     codes = [proc.wait() for proc in procs]
     wall = time.time() - t_start
     duplicates, missing = _runs(workflow, size)
@@ -161,7 +157,7 @@ def run_array(parent: Path, host: Host, size: int, sleep: float, timeout: float)
 
 
 def run_killed(
-    parent: Path, host: Host, size: int, sleep: float, kills: int, timeout: float
+    parent: Path, host: Host, size: int, *, sleep: float, kills: int, timeout: float
 ) -> dict[str, object]:
     """The workflow killed at random moments while tasks wait, then run to the end."""
     workflow = _array_workflow(parent, "killed", host, size, sleep)
@@ -188,7 +184,7 @@ def run_killed(
 
 
 def run_arrays(
-    host: Host, size: int, parent: Path, sleep: float, kills: int, timeout: float
+    host: Host, size: int, parent: Path, *, sleep: float, kills: int, timeout: float
 ) -> dict[str, object]:
     """All three runs, one after the other, and their figures."""
     plain = run_plain(parent, host, size, sleep)
@@ -200,7 +196,7 @@ def run_arrays(
         "plain": plain,
         "array": array,
         "wall time ratio array / plain": round(array["wall (s)"] / plain["wall (s)"], 3),
-        "killed": run_killed(parent, host, size, sleep, kills, timeout),
+        "killed": run_killed(parent, host, size, sleep=sleep, kills=kills, timeout=timeout),
     }
 
 
@@ -215,7 +211,14 @@ def main():
     args = parser.parse_args()
     host = Host.detect(args.stepup)
     with bench_folder(args.keep) as parent:
-        result = run_arrays(host, args.size, parent, args.sleep, args.kills, args.timeout)
+        result = run_arrays(
+            host,
+            args.size,
+            parent,
+            sleep=args.sleep,
+            kills=args.kills,
+            timeout=args.timeout,
+        )
     print(f"{result['host']}, N = {result['N']}, MaxArraySize = {result['MaxArraySize']}")
     for name, what in (
         ("plain", "plain sbatch --array --wait, all chunks at once"),
