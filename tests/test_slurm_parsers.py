@@ -4,6 +4,7 @@ of the local test cluster (see `tests/data/README.md`).
 
 import os
 import textwrap
+from datetime import datetime
 
 import pytest
 from conftest import (
@@ -19,6 +20,7 @@ from stepup.queue.slurm.parsers import (
     parse_job_runs,
     parse_scontrol,
     parse_squeue,
+    parse_time,
 )
 from stepup.queue.slurm.queries import ACCOUNT_FIELDS
 
@@ -224,3 +226,29 @@ def test_last_run_of_a_requeued_job_keeps_the_first_submit_time():
     reused = last_run(runs[12])
     assert reused["FirstSubmit"] == reused["Submit"] == "2026-12-02T18:00:00"
     assert parse_job_records(RUNS, ACCOUNT_FIELDS)[307]["State"] == "RUNNING"
+
+
+# parse_time
+
+
+@pytest.mark.parametrize(
+    ("text", "time"),
+    [
+        ("2026-12-07T21:39:10", datetime(2026, 12, 7, 21, 39, 10)),
+        # sacct's Start of a job that never started, End of one that has not ended.
+        ("None", None),
+        ("Unknown", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_time(text, time):
+    assert parse_time(text) == time
+
+
+def test_last_run_sorts_a_run_without_submit_time_first():
+    runs = [
+        {"Submit": "2026-12-02T18:24:38", "End": "Unknown", "WorkDir": "/w"},
+        {"Submit": "Unknown", "End": "Unknown", "WorkDir": "/w"},
+    ]
+    assert last_run(runs)["Submit"] == "2026-12-02T18:24:38"

@@ -12,6 +12,7 @@ from .efficiency import Usage
 from .found_job import FoundJob
 from .joblog import JobLogError
 from .jobsearch import JobSearch
+from .slurm.parsers import parse_time
 from .states import FINAL_STATES
 
 __all__ = ("JobRow", "job_row", "job_rows")
@@ -114,14 +115,6 @@ class JobRow:
         }
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    """A time stamp of sacct; `None` for `Unknown`, `None` or an empty field."""
-    try:
-        return None if text is None else datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
 def _state(job: FoundJob, record: dict[str, str] | None) -> tuple[str, str]:
     """The state of a job and where it comes from (see `JobRow`)."""
     if job.live is not None:
@@ -156,9 +149,9 @@ def job_row(job: FoundJob, now: datetime) -> JobRow:
     state, source = _state(job, record)
     ended_state = state in FINAL_STATES
     if record is not None:
-        submitted = _parse_time(record["Submit"]) or job.log.submitted_time
-        started = _parse_time(record["Start"])
-        ended = _parse_time(record["End"]) if ended_state else None
+        submitted = parse_time(record["Submit"]) or job.log.submitted_time
+        started = parse_time(record["Start"])
+        ended = parse_time(record["End"]) if ended_state else None
     else:
         submitted = job.log.submitted_time
         started = _logged_time(job, ("RUNNING",))

@@ -252,12 +252,13 @@ def parse_job_runs(
     return jobs
 
 
-def parse_time(text: str) -> datetime:
-    """A time printed by SLURM (with standard time stamps); `datetime.min` when unknown."""
+def parse_time(text: str | None) -> datetime | None:
+    """A time stamp printed by SLURM (`2026-12-07T21:39:10`, SLURM's standard format); `None`
+    for `Unknown`, `None`, an empty field or no field."""
     try:
-        return datetime.fromisoformat(text)
+        return None if text is None else datetime.fromisoformat(text)
     except ValueError:
-        return datetime.min
+        return None
 
 
 _RE_KEY_VALUE = re.compile(r"(\w+)=(\S*)")
@@ -327,12 +328,17 @@ def last_run(runs: list[dict[str, str]]) -> dict[str, str]:
         The records of one job id (`sacct -D`, with `Submit`, `End` and `WorkDir`), in any
         order.
     """
-    runs = sorted(runs, key=lambda run: parse_time(run["Submit"]))
+    runs = sorted(runs, key=lambda run: _time_or_min(run["Submit"]))
     first = len(runs) - 1
     while first > 0:
         earlier, later = runs[first - 1], runs[first]
-        gap = abs(parse_time(later["Submit"]) - parse_time(earlier["End"]))
+        gap = abs(_time_or_min(later["Submit"]) - _time_or_min(earlier["End"]))
         if gap > CLOCK_SLACK or earlier["WorkDir"] != later["WorkDir"]:
             break
         first -= 1
     return runs[-1] | {"FirstSubmit": runs[first]["Submit"]}
+
+
+def _time_or_min(text: str) -> datetime:
+    """A time stamp, `datetime.min` when unknown: the earliest in a sort."""
+    return parse_time(text) or datetime.min
