@@ -28,6 +28,17 @@ def frame(folder: Path, known: KnownAttempts) -> dict:
     return row.to_json()
 
 
+def failed_first_attempt(tmp_path) -> tuple[Path, Path]:
+    """A job folder whose first attempt (job 41) ended with NODE_FAIL and was moved aside."""
+    folder = Path(tmp_path) / "job"
+    folder.makedirs()
+    log = folder / "slurmjob.log"
+    submit(log, 41, "stepup-queue-0000000000000041")
+    append_record(log, "NODE_FAIL")
+    archive_attempt(log)
+    return folder, log
+
+
 @pytest.fixture
 def listings(monkeypatch) -> list[Path]:
     """The job folders searched for earlier attempts, one entry per search."""
@@ -43,12 +54,7 @@ def listings(monkeypatch) -> list[Path]:
 
 
 def test_watch_searches_a_folder_for_attempts_once_per_submission(tmp_path, listings):
-    folder = Path(tmp_path) / "job"
-    folder.makedirs()
-    log = folder / "slurmjob.log"
-    submit(log, 41, "stepup-queue-0000000000000041")
-    append_record(log, "NODE_FAIL")
-    archive_attempt(log)
+    folder, log = failed_first_attempt(tmp_path)
     submit(log, 42, "stepup-queue-0000000000000042")
     append_record(log, "RUNNING")
     known: KnownAttempts = {}
@@ -79,12 +85,7 @@ def test_watch_searches_a_folder_for_attempts_once_per_submission(tmp_path, list
 
 def test_unreadable_attempts_are_searched_again(tmp_path, listings):
     """A damaged log of an attempt leaves the row without attempts until it is fixed."""
-    folder = Path(tmp_path) / "job"
-    folder.makedirs()
-    log = folder / "slurmjob.log"
-    submit(log, 41, "stepup-queue-0000000000000041")
-    append_record(log, "NODE_FAIL")
-    archive_attempt(log)
+    folder, log = failed_first_attempt(tmp_path)
     good = (folder / "slurmjob.log.1").read_text()
     (folder / "slurmjob.log.1").write_text("damaged\n")
     submit(log, 42, "stepup-queue-0000000000000042")
