@@ -121,7 +121,7 @@ class Workflow:
                 "static = lambda *paths: _static(*[p for p in paths if not p.endswith('/')]); "
                 "mkdir = lambda path: None\n"
             )
-        header += "from stepup.queue.api import sbatch\n"
+        header += "from stepup.queue.api import sbatch, sbatch_array\n"
         path = self.root / "plan.py"
         path.write_text(header + textwrap.dedent(body))
         path.chmod(0o755)

@@ -1,0 +1,159 @@
+"""sbatch_array(): many job folders as SLURM job arrays in one step, on the real local SLURM."""
+
+import subprocess
+import time
+
+from conftest import FAILED_RC, Workflow, wait_for
+from path import Path
+
+FOLDERS = [f"t{i:02d}" for i in range(24)]
+OK_SCRIPT = """
+#!/usr/bin/env bash
+#SBATCH --time=00:05:00
+echo "task in $(basename "$PWD")" > result.txt
+sleep 1
+"""
+# Fails once: the first run leaves `ok` behind, a run after `stepup removejobs` succeeds.
+FAIL_ONCE_SCRIPT = """
+#!/usr/bin/env bash
+#SBATCH --time=00:05:00
+if [[ ! -e ok ]]; then touch ok; exit 5; fi
+echo "task in $(basename "$PWD")" > result.txt
+"""
+# Waits until the workflow's folder holds `release`.
+HELD_SCRIPT = """
+#!/usr/bin/env bash
+#SBATCH --time=00:05:00
+while [[ ! -e ../release ]]; do sleep 0.2; done
+echo "task in $(basename "$PWD")" > result.txt
+"""
+
+
+def array_plan(workflow: Workflow, folders: list[str], args: str = ""):
+    workflow.plan(
+        f"""
+        folders = {folders!r}
+        static(*[p for f in folders for p in (f + "/", f + "/slurmjob.sh")])
+        sbatch_array(folders{args})
+        """
+    )
+
+
+def array_tasks(workflow: Workflow) -> list[tuple[str, str, str]]:
+    """(array job id, task index, state) of every array task sacct lists for the workflow."""
+    result = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-S", workflow.started, "-o", "JobID,State,WorkDir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tasks = []
+    for line in result.stdout.splitlines():
+        job, state, workdir = line.split("|", 2)
+        if Path(workdir) == workflow.root and "_" in job:
+            array_id, _, index = job.partition("_")
+            tasks.append((array_id, index, state.split()[0]))
+    return tasks
+
+
+def final_tasks(workflow: Workflow, count: int) -> list[tuple[str, str, str]]:
+    def ready():
+        tasks = array_tasks(workflow)
+        return len(tasks) >= count and all(
+            state not in ("PENDING", "RUNNING") and not index.startswith("[")
+            for _, index, state in tasks
+        )
+
+    wait_for(ready, 60, f"sacct to record {count} ended array tasks")
+    return array_tasks(workflow)
+
+
+def test_array_all_succeed(workflow):
+    for folder in FOLDERS:
+        workflow.job(folder, OK_SCRIPT)
+    array_plan(workflow, FOLDERS)
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout + result.stderr
+    tasks = final_tasks(workflow, len(FOLDERS))
+    assert {array_id for array_id, _, _ in tasks} == {tasks[0][0]}
+    assert sorted(int(index) for _, index, _ in tasks) == list(range(len(FOLDERS)))
+    assert {state for _, _, state in tasks} == {"COMPLETED"}
+    for index, folder in enumerate(FOLDERS):
+        path = workflow.root / folder
+        assert (path / "result.txt").read_text() == f"task in {folder}\n"
+        assert (path / "slurmjob.ret").read_text().strip() == "0"
+        assert (path / "slurmjob.out").exists()
+        assert f" Submitted {tasks[0][0]}_{index}\n" in workflow.log(folder)
+    # Unchanged: nothing runs again, the manifest is not rewritten.
+    manifest = workflow.root / "slurmarray.json"
+    stamp = manifest.stat().st_mtime_ns
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    assert manifest.stat().st_mtime_ns == stamp
+    assert len(array_tasks(workflow)) == len(FOLDERS)
+
+
+def test_array_partial_failure_then_removejobs(workflow):
+    folders = FOLDERS[:12]
+    failing = {"t03", "t07"}
+    for folder in folders:
+        workflow.job(folder, FAIL_ONCE_SCRIPT if folder in failing else OK_SCRIPT)
+        if folder not in failing:
+            (workflow.root / folder / "ok").touch()
+    array_plan(workflow, folders)
+    result = workflow.boot()
+    assert result.returncode & FAILED_RC, result.stdout
+    for folder in failing:
+        assert f"{workflow.root / folder} (job " in result.stdout
+    assert result.stdout.count("exit code 5") == 2, result.stdout
+    final_tasks(workflow, len(folders))
+    # Again without removejobs: the failures are reported again, nothing is submitted.
+    result = workflow.boot()
+    assert result.returncode & FAILED_RC, result.stdout
+    assert result.stdout.count("exit code 5") == 2, result.stdout
+    assert len(array_tasks(workflow)) == len(folders)
+    removed = subprocess.run(
+        ["stepup", "removejobs", "--commit", *sorted(failing)],
+        cwd=workflow.root,
+        env=workflow.env,
+        capture_output=True,
+        text=True,
+    )
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    for folder in failing:
+        assert not (workflow.root / folder / "slurmjob.log").exists(), removed.stdout
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    tasks = final_tasks(workflow, len(folders) + len(failing))
+    assert len(tasks) == len(folders) + len(failing)
+    second = {array_id for array_id, _, _ in tasks} - {tasks[0][0]}
+    assert len(second) == 1
+    assert sorted(index for array_id, index, _ in tasks if array_id in second) == ["0", "1"]
+    for folder in failing:
+        assert (workflow.root / folder / "slurmjob.ret").read_text().strip() == "0"
+
+
+def test_array_kill_and_restart(workflow):
+    for folder in FOLDERS:
+        workflow.job(folder, HELD_SCRIPT)
+    array_plan(workflow, FOLDERS, ", max_running=8")
+    proc = workflow.popen()
+
+    def all_submitted():
+        return all(
+            " Submitted " in (workflow.root / f / "slurmjob.log").read_text()
+            for f in FOLDERS
+            if (workflow.root / f / "slurmjob.log").exists()
+        ) and all((workflow.root / f / "slurmjob.log").exists() for f in FOLDERS)
+
+    wait_for(all_submitted, 60, "every folder to record its task")
+    time.sleep(1)
+    workflow.kill(proc)
+    (workflow.root / "release").touch()
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    tasks = final_tasks(workflow, len(FOLDERS))
+    assert len(tasks) == len(FOLDERS)
+    assert len({array_id for array_id, _, _ in tasks}) == 1
+    for folder in FOLDERS:
+        assert (workflow.root / folder / "slurmjob.ret").read_text().strip() == "0"
