@@ -103,7 +103,7 @@ def test_parse_scontrol_garbled():
 def test_parse_squeue_heterogeneous_job():
     """Captured for `sbatch --hold -n1 : -n1 het.sh` (job 6666), then with made-up states."""
     listing = parse_squeue("6666+1|PENDING|(null)\n6666+0|PENDING|(null)\n")
-    assert listing == ({6666: "PENDING"}, {}, {}, {})
+    assert listing == ({6666: "PENDING"}, {}, {}, {}, {})
     # One component that has not ended keeps the job alive, in either order.
     for lines in ["7+0|COMPLETED|\n7+1|RUNNING|\n", "7+0|RUNNING|\n7+1|COMPLETED|\n"]:
         assert parse_squeue(lines)[0] == {7: "RUNNING"}
@@ -111,7 +111,7 @@ def test_parse_squeue_heterogeneous_job():
 
 
 def test_parse_squeue_empty():
-    assert parse_squeue("") == ({}, {}, {}, {})
+    assert parse_squeue("") == ({}, {}, {}, {}, {})
 
 
 # parse_scontrol
@@ -158,7 +158,7 @@ def test_parse_scontrol_leaves_out_other_users():
 @pytest.mark.parametrize("text", ["", "No jobs in the system\n"])
 def test_parse_scontrol_no_jobs(text):
     # What `scontrol show job` prints (exit code 0) when slurmctld has no jobs in memory.
-    assert parse_scontrol(text) == ({}, {}, {}, {})
+    assert parse_scontrol(text) == ({}, {}, {}, {}, {})
 
 
 # parse_sacct

@@ -178,7 +178,10 @@ def parse_submitted_task(text: str) -> tuple[int, int | None, str | None]:
     """
     match = _RE_SUBMITTED.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"Expected 'ID', 'ID_TASK' or 'ID;CLUSTER', got {text.strip()!r}")
+        raise ValueError(
+            f"Expected 'ID' or 'ID;CLUSTER' (of an array task 'ID_N' or 'ID_N;CLUSTER'), "
+            f"got {text.strip()!r}"
+        )
     task = match.group("task")
     return int(match.group("id")), None if task is None else int(task), match.group("cluster")
 
