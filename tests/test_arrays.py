@@ -1,8 +1,12 @@
 """sbatch_array(): many job folders as SLURM job arrays in one step, on the real local SLURM."""
 
+import re
 import subprocess
 import time
+from collections.abc import Iterator
+from datetime import datetime
 
+import pytest
 from conftest import FAILED_RC, Workflow, wait_for
 from path import Path
 
@@ -157,3 +161,92 @@ def test_array_kill_and_restart(workflow):
     assert len({array_id for array_id, _, _ in tasks}) == 1
     for folder in FOLDERS:
         assert (workflow.root / folder / "slurmjob.ret").read_text().strip() == "0"
+
+
+@pytest.fixture
+def max_array_size() -> Iterator[int]:
+    """For one test, SLURM's MaxArraySize is 8: task indices 0..7."""
+    conf = Path("/etc/slurm/slurm.conf")
+    original = conf.read_text()
+    assert "MaxArraySize" not in original
+    conf.write_text(f"{original}MaxArraySize=8\n")
+    try:
+        subprocess.run(["scontrol", "reconfigure"], check=True)
+        shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+        assert re.search(r"^MaxArraySize\s*=\s*8$", shown.stdout, re.MULTILINE), shown.stdout
+        yield 8
+    finally:
+        conf.write_text(original)
+        subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+@pytest.mark.serial
+def test_array_split_at_max_array_size(workflow, max_array_size):
+    """20 folders under MaxArraySize=8: three arrays of 8, 8 and 4 tasks, all succeed."""
+    folders = FOLDERS[:20]
+    for folder in folders:
+        workflow.job(folder, OK_SCRIPT)
+    array_plan(workflow, folders)
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    tasks = final_tasks(workflow, len(folders))
+    sizes = sorted(
+        sum(1 for other, _, _ in tasks if other == array_id)
+        for array_id in {array_id for array_id, _, _ in tasks}
+    )
+    assert sizes == [4, 8, 8], tasks
+    assert max(int(index) for _, index, _ in tasks) < max_array_size
+    for folder in folders:
+        assert (workflow.root / folder / "slurmjob.ret").read_text().strip() == "0"
+
+
+def sacctmgr_max_submit(value: int):
+    subprocess.run(
+        ["sacctmgr", "-i", "modify", "user", "root", "set", f"MaxSubmitJobs={value}"],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.mark.serial
+def test_array_respects_submit_limit(workflow):
+    """14 folders under MaxSubmitJobs=6: every task runs once, never more than 6 queued."""
+    folders = FOLDERS[:14]
+    for folder in folders:
+        workflow.job(folder, OK_SCRIPT.replace("sleep 1", "sleep 3"))
+    array_plan(workflow, folders)
+    sacctmgr_max_submit(6)
+    try:
+        result = workflow.boot(timeout=300)
+    finally:
+        sacctmgr_max_submit(-1)
+    assert result.returncode == 0, result.stdout
+    assert "a submit limit is reached" in result.stdout
+    tasks = final_tasks(workflow, len(folders))
+    assert len(tasks) == len(folders)
+    assert {state for _, _, state in tasks} == {"COMPLETED"}
+    for folder in folders:
+        assert (workflow.root / folder / "slurmjob.ret").read_text().strip() == "0"
+        assert (workflow.root / folder / "result.txt").read_text() == f"task in {folder}\n"
+    assert max_queued(workflow) <= 6
+
+
+def max_queued(workflow: Workflow) -> int:
+    """The largest number of the workflow's array tasks queued at one moment, per sacct."""
+    result = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-S", workflow.started, "-o", "JobID,Submit,End,WorkDir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    events = []
+    for line in result.stdout.splitlines():
+        job, submit, end, workdir = line.split("|", 3)
+        if Path(workdir) == workflow.root and "_" in job:
+            events += [(datetime.fromisoformat(submit), 1), (datetime.fromisoformat(end), -1)]
+    events.sort()
+    queued = peak = 0
+    for _, step in events:
+        queued += step
+        peak = max(peak, queued)
+    return peak
