@@ -552,6 +552,14 @@ def unreachable_squeue(workflow: Workflow) -> dict[str, str]:
     return with_bin(workflow, bindir)
 
 
+# Where a fake sbatch kills the StepUp worker that runs the step (its parent process).
+KILL_POINTS = {
+    "before_sbatch": 'kill -9 "$PPID"\nexit 1\n',
+    "during_sbatch": 'exec 3<&0\n/usr/bin/sbatch "$@" <&3 > /dev/null &\nkill -9 "$PPID"\nwait\n',
+    "after_sbatch": 'out=$(/usr/bin/sbatch "$@")\nkill -9 "$PPID"\necho "$out"\n',
+}
+
+
 # Captured output of the real SLURM (see tests/data/README.md).
 DATA = Path(__file__).parent / "data"
 

@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
-from conftest import FAILED_RC, Workflow, wait_for
+from conftest import FAILED_RC, KILL_POINTS, Workflow, fake_command, wait_for, with_bin
 from path import Path
+
+from stepup.queue.joblog import read_log
 
 FOLDERS = [f"t{i:02d}" for i in range(24)]
 OK_SCRIPT = """
@@ -161,6 +163,42 @@ def test_array_kill_and_restart(workflow):
     assert len({array_id for array_id, _, _ in tasks}) == 1
     for folder in FOLDERS:
         assert (workflow.root / folder / "slurmjob.ret").read_text().strip() == "0"
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_array_exactly_once_when_killed_during_submission(workflow, tmp_path, point):
+    """SIGKILL of the step around sbatch: one task per folder in SLURM after the restart.
+
+    A fake `sbatch` on PATH kills its caller at the chosen point (before, while or after the
+    real sbatch runs), after the Submitting record was written to every folder.
+    """
+    folders = FOLDERS[:6]
+    for folder in folders:
+        workflow.job(folder, OK_SCRIPT)
+    array_plan(workflow, folders)
+    bindir = Path(tmp_path) / "bin"
+    marker = bindir / "fake-ran"
+    fake_command(bindir, "sbatch", f"touch {marker}\n{KILL_POINTS[point]}")
+    proc = workflow.popen(env=with_bin(workflow, bindir))
+    wait_for(marker.exists, 60, "the fake sbatch to run")
+    time.sleep(1)
+    workflow.kill(proc)
+    logs = [read_log(workflow.root / folder / "slurmjob.log") for folder in folders]
+    assert {log.token for log in logs} != {None}
+    assert len({log.token for log in logs}) == 1
+    assert {log.job_id for log in logs} == {None}
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout
+    tasks = final_tasks(workflow, len(folders))
+    assert sorted(int(index) for _, index, _ in tasks) == list(range(len(folders)))
+    assert len({array_id for array_id, _, _ in tasks}) == 1
+    for folder in folders:
+        assert (workflow.root / folder / "result.txt").read_text() == f"task in {folder}\n"
+        assert (workflow.root / folder / "slurmjob.ret").read_text().strip() == "0"
+    if point != "before_sbatch":
+        assert "Found the interrupted submission's task" in result.stdout
+    # Every task ended: the symlinks are gone.
+    assert not (workflow.root / ".stepup-queue/arrays/slurmarray").exists()
 
 
 @pytest.fixture

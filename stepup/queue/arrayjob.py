@@ -6,7 +6,7 @@ records its array task as `Submitted ID_N`. The folders that need a job are grou
 tasks (indices 0..k-1) and at most the room under the user's submit limit. Before sbatch, the
 `Submitting TOKEN` record of the chunk is flushed to every folder of the chunk, so that a
 restart finds the array by its token instead of submitting again. SLURM writes each task's
-output into its folder through a folder of symlinks, `.stepup-queue/arrays/TOKEN/N -> FOLDER`,
+output into its folder through symlinks, `.stepup-queue/arrays/NAME/TOKEN/N -> FOLDER`,
 which also tells a restart which folder had which task.
 
 Waiting costs one status query per cluster per cache period (the shared cache), and sacct
@@ -30,7 +30,7 @@ from .joblog import LOG_NAME, JobLog, append_record, read_log, record_submitted,
 from .limits import Refusal, submit_refusal
 from .slurm.cache import StateCache
 from .slurm.commands import is_transient
-from .slurm.control import cancel, submit
+from .slurm.control import cancel, environment_after_rc, submit
 from .slurm.identity import find_by_token
 from .slurm.queries import array_states, max_array_size
 from .states import FINAL_STATES, SCRIPT_ENDED_STATES
@@ -40,15 +40,15 @@ from .submission import (
     _pause_after_refusal,
     _submitted_line,
     _wait_for_room,
-    after_rc,
 )
 from .waiting import nap
 from .wrapper import JobScript, clear_ret, read_job_script, read_ret, render_array_wrapper
 
 __all__ = ("ARRAYS_DIR", "run_array")
 
-# Below the folder of plan.py: per submission, the symlinks through which SLURM writes the
-# output of each task into its job folder. Hidden, so the job tools do not search it.
+# Below the folder of plan.py: per step and submission (`ARRAYS_DIR/NAME/TOKEN/N`), the
+# symlinks through which SLURM writes the output of each task into its job folder. Hidden, so
+# the job tools do not search it. Removed once every task of the step ended.
 ARRAYS_DIR = Path(".stepup-queue/arrays")
 # MaxArraySize when scontrol does not tell: SLURM's default.
 _DEFAULT_MAX_ARRAY_SIZE = 1001
@@ -67,6 +67,8 @@ class _Folder:
     state: str | None = None
     # Until when a missing exit code of a script that ended is waited for.
     ret_deadline: float | None = None
+    # Since when neither squeue nor sacct knows the task.
+    unknown_since: datetime | None = None
 
     @property
     def log_path(self) -> Path:
@@ -77,7 +79,9 @@ class _Folder:
         return self.joblog.job_id, self.joblog.task
 
 
-def run_array(manifest: Manifest, config: Config, env: dict[str, str], rerun: str) -> int:
+def run_array(
+    manifest: Manifest, name: str, config: Config, env: dict[str, str], rerun: str
+) -> int:
     """Submit the job folders of the manifest once as job arrays, wait, return 0 when all
     succeeded.
 
@@ -85,6 +89,9 @@ def run_array(manifest: Manifest, config: Config, env: dict[str, str], rerun: st
     ----------
     manifest
         The manifest of the step (the current folder is that of plan.py).
+    name
+        The name of the step (its manifest file without `.json`): its symlinks are kept in
+        `ARRAYS_DIR / name`.
     config
         The settings.
     env
@@ -99,9 +106,14 @@ def run_array(manifest: Manifest, config: Config, env: dict[str, str], rerun: st
     """
     if manifest.onchange is not None:
         config = _with_onchange(config, manifest.onchange)
-    folders = [_read_folder(Path.cwd() / name, manifest, env) for name in manifest.folders]
+    # sbatch runs after rc, which may change its cluster (`module swap cluster/NAME`).
+    sbatch_env = env
+    if manifest.rc is not None:
+        sbatch_env = environment_after_rc(manifest.rc, config.command_timeout, env) or env
+    folders = [_read_folder(Path.cwd() / f, manifest, sbatch_env) for f in manifest.folders]
     StateCache(config, None).check_writable()
-    _resolve_interrupted(folders, config)
+    links = Path.cwd() / ARRAYS_DIR / name
+    _resolve_interrupted(folders, links, config)
     _check_inputs(folders, config)
     todo = [f for f in folders if f.joblog is None or f.joblog.job_id is None]
     waiting = [f for f in folders if f.joblog is not None and f.joblog.job_id is not None]
@@ -115,8 +127,10 @@ def run_array(manifest: Manifest, config: Config, env: dict[str, str], rerun: st
             )
     if waiting:
         print(f"Waiting for {len(waiting)} array task(s) submitted earlier")
-    submitted = _submit_all(todo, manifest, config, env)
+    submitted = _submit_all(todo, manifest, links, config, env)
     _wait(waiting + submitted, config)
+    # Every task ended: SLURM writes no more output through the symlinks.
+    links.rmtree_p()
     return _report(folders, rerun)
 
 
@@ -138,7 +152,7 @@ def _read_folder(path: Path, manifest: Manifest, env: Mapping[str, str]) -> _Fol
     return _Folder(path, digest, script, joblog)
 
 
-def _resolve_interrupted(folders: list[_Folder], config: Config):
+def _resolve_interrupted(folders: list[_Folder], links: Path, config: Config):
     """Log the task of every folder whose submission was interrupted, when SLURM has it."""
     by_token: dict[str, list[_Folder]] = {}
     for folder in folders:
@@ -161,25 +175,31 @@ def _resolve_interrupted(folders: list[_Folder], config: Config):
                 "and SLURM could not be asked whether it reached it. Run the workflow again "
                 "when SLURM answers: the array is never submitted twice."
             )
-        tasks = _task_indices(token)
+        tasks = _task_indices(links / token)
         for folder in group:
-            index = tasks.get(os.path.realpath(folder.path))
-            if job_id is None or index is None:
+            if job_id is None:
                 # No job carries the token: the folder is submitted afresh.
                 folder.joblog = None
                 continue
+            index = tasks.get(os.path.realpath(folder.path))
+            if index is None:
+                raise JobError(
+                    f"The interrupted submission of {folder.path} reached SLURM as array job "
+                    f"{job_id}, but {links / token} no longer tells its task. Cancel that array "
+                    f"if needed (scancel {job_id}), remove {folder.log_path} and run the "
+                    "workflow again."
+                )
             suffix = "" if first.script.cluster is None else f";{first.script.cluster}"
             record_submitted(folder.log_path, f"{job_id}_{index}{suffix}")
             folder.joblog = read_log(folder.log_path)
             print(f"Found the interrupted submission's task {job_id}_{index} for {folder.path}")
 
 
-def _task_indices(token: str) -> dict[str, int]:
+def _task_indices(links: Path) -> dict[str, int]:
     """Job folder (real path) → task index, from the symlinks of a submission."""
-    links = Path.cwd() / ARRAYS_DIR / token
     indices = {}
-    if token and links.is_dir():
-        for link in links.listdir():
+    if links.is_dir():
+        for link in links.iterdir():
             if link.name.isdigit():
                 indices[os.path.realpath(link)] = int(link.name)
     return indices
@@ -229,20 +249,17 @@ def _check_inputs(folders: list[_Folder], config: Config) -> list[_Folder]:
 
 
 def _submit_all(
-    todo: list[_Folder], manifest: Manifest, config: Config, env: dict[str, str]
+    todo: list[_Folder], manifest: Manifest, links: Path, config: Config, env: dict[str, str]
 ) -> list[_Folder]:
     """Submit the folders without a job, grouped by their `#SBATCH` lines and cluster."""
     groups: dict[tuple, list[_Folder]] = {}
     for folder in todo:
         script = folder.script
-        if manifest.rc is not None:
-            script = after_rc(script, manifest.rc, config, env)
-            folder.script = script
         groups.setdefault((script.directives, script.cluster), []).append(folder)
     done = []
     for (_, cluster), group in groups.items():
         size = max_array_size(cluster, config.command_timeout) or _DEFAULT_MAX_ARRAY_SIZE
-        done += _ArraySubmission(group, manifest, config, env, size).run()
+        done += _ArraySubmission(group, manifest, links, config, env, size).run()
     return done
 
 
@@ -252,6 +269,8 @@ class _ArraySubmission:
 
     folders: list[_Folder]
     manifest: Manifest
+    # The folder of the symlinks of this step's submissions.
+    links: Path
     config: Config
     env: dict[str, str]
     max_size: int
@@ -275,7 +294,7 @@ class _ArraySubmission:
         """Submit one array for the chunk; False when it was refused for a submit limit."""
         config = self.config
         token = f"stepup-queue-{os.urandom(8).hex()}"
-        links = Path.cwd() / ARRAYS_DIR / token
+        links = self.links / token
         links.makedirs_p()
         for index, folder in enumerate(chunk):
             (links / str(index)).remove_p()
@@ -399,11 +418,26 @@ def _look(pending: list[_Folder], caches: dict[str | None, StateCache], config: 
         if unlisted:
             # Ended longer ago than MinJobAge: the accounting knows how.
             ids = {folder.joblog.job_id for folder in unlisted}
-            states = array_states(ids, cluster, config.command_timeout) or {}
-            for folder in unlisted:
+            states = array_states(ids, cluster, config.command_timeout)
+            for folder in [] if states is None else unlisted:
                 state = states.get(folder.key)
                 if state is not None:
                     _note(folder, state)
+                else:
+                    _check_unknown(folder, snapshot.time, config)
+
+
+def _check_unknown(folder: _Folder, now: datetime, config: Config):
+    """Raise a JobError when SLURM has not known the logged task for too long."""
+    folder.unknown_since = folder.unknown_since or now
+    if (now - folder.unknown_since).total_seconds() < config.runaway_timeout:
+        return
+    raise JobError(
+        f"{folder.log_path} records array task {folder.joblog.job_name}, but neither squeue nor "
+        f"sacct has known it for {config.runaway_timeout:g} s (STEPUP_SBATCH_RUNAWAY_TIMEOUT). "
+        "Make sure no job of this folder is still queued (squeue --me), then remove that log "
+        "(stepup removejobs --all --commit FOLDER) and run the workflow again."
+    )
 
 
 def _note(folder: _Folder, state: str):

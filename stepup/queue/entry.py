@@ -278,7 +278,8 @@ def run_array_step(manifest: str, rerun: str) -> int:
         config = _config()
         _restore_open_file_limit()
         env = job_environment(os.environ)
-        return run_array(read_manifest(manifest), config, env, rerun)
+        name = Path(manifest).stem
+        return run_array(read_manifest(manifest), name, config, env, rerun)
 
     return _guarded(run, rerun)
 

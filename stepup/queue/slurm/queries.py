@@ -262,7 +262,7 @@ def listed_submissions(
         Job id → {field: value}, with an empty `Comment` for a job without one; `None` when
         squeue did not answer or printed something unreadable.
     """
-    form = SUBMISSION_FORMAT.replace("%i", "%A") if arrays else SUBMISSION_FORMAT
+    form = SUBMISSION_FORMAT.replace("%i", "%F") if arrays else SUBMISSION_FORMAT
     args = ["squeue", *cluster_args(cluster), "--me", "-t", "all", "-h", "-o", form]
     result = run_command(args, timeout=timeout)
     if result.returncode != 0:
