@@ -288,3 +288,41 @@ def max_queued(workflow: Workflow) -> int:
         queued += step
         peak = max(peak, queued)
     return peak
+
+
+def test_array_name_used_twice_is_refused(workflow):
+    workflow.job("a", OK_SCRIPT)
+    workflow.plan(
+        """
+        static("a/", "a/slurmjob.sh")
+        sbatch_array(["a"])
+        sbatch_array(["a"])
+        """
+    )
+    result = workflow.boot()
+    assert result.returncode != 0
+    assert "sbatch_array(name='slurmarray') is called twice in this plan" in result.stdout
+
+
+@pytest.mark.parametrize("onchange", ["raise", "resubmit"])
+def test_array_changed_inputs_per_folder(workflow, onchange):
+    """After all succeeded, one folder's script changes: that folder alone follows onchange."""
+    folders = FOLDERS[:4]
+    for folder in folders:
+        workflow.job(folder, OK_SCRIPT)
+    array_plan(workflow, folders, f", onchange={onchange!r}")
+    assert workflow.boot().returncode == 0
+    final_tasks(workflow, len(folders))
+    workflow.job("t02", OK_SCRIPT.replace("sleep 1", "echo changed"))
+    result = workflow.boot()
+    if onchange == "raise":
+        assert result.returncode & FAILED_RC, result.stdout
+        assert "The inputs of 1 job folder(s) of this sbatch_array() step changed" in result.stdout
+        assert str(workflow.root / "t02") in result.stdout
+        assert len(array_tasks(workflow)) == len(folders)
+        return
+    assert result.returncode == 0, result.stdout
+    tasks = final_tasks(workflow, len(folders) + 1)
+    assert len(tasks) == len(folders) + 1
+    assert (workflow.root / "t02/slurmjob.out").read_text() == "changed\n"
+    assert len({array_id for array_id, _, _ in tasks}) == 2
