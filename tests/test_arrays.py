@@ -326,3 +326,35 @@ def test_array_changed_inputs_per_folder(workflow, onchange):
     assert len(tasks) == len(folders) + 1
     assert (workflow.root / "t02/slurmjob.out").read_text() == "changed\n"
     assert len({array_id for array_id, _, _ in tasks}) == 2
+
+
+@pytest.fixture
+def tiny_partition() -> Iterator[str]:
+    """A partition with MaxTime=1 (minute) on the local node; removed after the test."""
+    name = "sq_tiny_array"
+    subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True)
+    subprocess.run(
+        ["scontrol", "create", f"PartitionName={name}", "Nodes=ALL", "MaxTime=1", "State=UP"],
+        check=True,
+    )
+    try:
+        yield name
+    finally:
+        # slurm-wlm 22.05 removes the partition but may exit 1 ("Invalid partition name").
+        subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True)
+
+
+def test_array_hopeless_tasks_are_cancelled(workflow, tiny_partition):
+    """Tasks that pend for PartitionTimeLimit are cancelled after the grace period."""
+    folders = FOLDERS[:3]
+    for folder in folders:
+        directives = f"#SBATCH -p {tiny_partition}\n#SBATCH --time=5\n"
+        workflow.job(folder, f"#!/usr/bin/env bash\n{directives}")
+    array_plan(workflow, folders)
+    result = workflow.boot(env={"STEPUP_SBATCH_HOPELESS_GRACE": "3"})
+    assert result.returncode & FAILED_RC, result.stdout
+    assert result.stdout.count("pending with SLURM's reason PartitionTimeLimit") == 3
+    assert "the requested --time is above the partition's MaxTime" in result.stdout
+    for folder in folders:
+        log = read_log(workflow.root / folder / "slurmjob.log")
+        assert (log.hopeless, log.last_state) == ("PartitionTimeLimit", "CANCELLED")

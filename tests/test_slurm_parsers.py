@@ -251,6 +251,7 @@ def test_parse_squeue_array():
     assert listing.states == {}
     assert listing.comments == {12359: "stepup-queue-0123456789abcdef"}
     assert listing.workdirs == {12359: "/tmp/arrcap2"}
+    assert listing.reasons == {12359: "JobArrayTaskLimit"}
     # Every task counts against a submit limit.
     assert listing.queued() == 4
     ended = parse_squeue(data("squeue_array_ended.txt"))
@@ -264,6 +265,7 @@ def test_parse_squeue_array():
 def test_parse_scontrol_array(name):
     listing = parse_scontrol(data(name))
     assert listing.tasks == parse_squeue(data("squeue_array.txt")).tasks
+    assert listing.reasons == {12359: "JobArrayTaskLimit"}
     assert listing.states == {}
     assert listing.comments == {12359: "stepup-queue-0123456789abcdef"}
     assert listing.workdirs == {12359: "/tmp/arrcap2"}

@@ -27,13 +27,13 @@ from .arraymanifest import Manifest, folder_digest
 from .config import Config, OnChange
 from .errors import JobError
 from .joblog import LOG_NAME, JobLog, append_record, read_log, record_submitted, start_log
-from .limits import Refusal, submit_refusal
-from .slurm.cache import StateCache
+from .limits import Refusal, admitting_partitions, submit_refusal
+from .slurm.cache import Snapshot, StateCache
 from .slurm.commands import is_transient
 from .slurm.control import cancel, environment_after_rc, submit
 from .slurm.identity import find_by_token
-from .slurm.queries import array_states, max_array_size
-from .states import FINAL_STATES, SCRIPT_ENDED_STATES
+from .slurm.queries import array_states, max_array_size, show_records
+from .states import FINAL_STATES, PARTITION_REASONS, SCRIPT_ENDED_STATES, hopeless_fix
 from .submission import (
     _back_off,
     _limit_at_refusal,
@@ -69,6 +69,8 @@ class _Folder:
     ret_deadline: float | None = None
     # Since when neither squeue nor sacct knows the task.
     unknown_since: datetime | None = None
+    # The pending reason for which StepUp Queue cancelled the task, and its likely fix.
+    hopeless: tuple[str, str] | None = None
 
     @property
     def log_path(self) -> Path:
@@ -382,18 +384,26 @@ def _wait(folders: list[_Folder], config: Config):
         else:
             pending.append(folder)
     caches: dict[str | None, StateCache] = {}
+    # Array job id → since when its tasks pend for a reason that never resolves by itself.
+    hopeless: dict[int, datetime] = {}
     next_query = time.monotonic()
     while pending:
         if time.monotonic() >= next_query:
             next_query = time.monotonic() + config.cache_timeout + random.uniform(0, config.jitter)
-            _look(pending, caches, config)
+            _look(pending, caches, hopeless, config)
         pending = [f for f in pending if f.state is None or not _finished(f, config)]
         if pending:
             nap(config, min(f.joblog.submitted_time or datetime.now() for f in pending))
 
 
-def _look(pending: list[_Folder], caches: dict[str | None, StateCache], config: Config):
-    """Ask SLURM (through the shared cache) about the tasks; note those that ended."""
+def _look(
+    pending: list[_Folder],
+    caches: dict[str | None, StateCache],
+    hopeless: dict[int, datetime],
+    config: Config,
+):
+    """Ask SLURM (through the shared cache) about the tasks; note those that ended, and cancel
+    those that pend for a reason that never resolves by itself (see `_check_hopeless`)."""
     by_cluster: dict[str | None, list[_Folder]] = {}
     for folder in pending:
         if folder.state is None:
@@ -404,6 +414,7 @@ def _look(pending: list[_Folder], caches: dict[str | None, StateCache], config: 
         if not snapshot.ok:
             continue
         unlisted = []
+        waiting: dict[int, list[_Folder]] = {}
         for folder in group:
             trusted = (folder.joblog.submitted_time or datetime.min) + timedelta(
                 seconds=config.settle_time
@@ -415,6 +426,10 @@ def _look(pending: list[_Folder], caches: dict[str | None, StateCache], config: 
                 unlisted.append(folder)
             else:
                 _note(folder, state)
+                if state == "PENDING":
+                    waiting.setdefault(folder.joblog.job_id, []).append(folder)
+        for array_id, tasks in waiting.items():
+            _check_hopeless(array_id, tasks, snapshot, hopeless, config)
         if unlisted:
             # Ended longer ago than MinJobAge: the accounting knows how.
             ids = {folder.joblog.job_id for folder in unlisted}
@@ -425,6 +440,52 @@ def _look(pending: list[_Folder], caches: dict[str | None, StateCache], config: 
                     _note(folder, state)
                 else:
                     _check_unknown(folder, snapshot.time, config)
+
+
+def _check_hopeless(
+    array_id: int,
+    folders: list[_Folder],
+    snapshot: Snapshot,
+    hopeless: dict[int, datetime],
+    config: Config,
+):
+    """Cancel the pending tasks of an array that pend for a reason that never resolves by
+    itself, after the grace period (STEPUP_SBATCH_HOPELESS_GRACE), as for a single job."""
+    reason = snapshot.listing.reasons.get(array_id, "")
+    fix = hopeless_fix(reason)
+    if fix is None:
+        hopeless.pop(array_id, None)
+        return
+    since = hopeless.setdefault(array_id, snapshot.time)
+    if (snapshot.time - since).total_seconds() < config.hopeless_grace:
+        return
+    cluster = folders[0].joblog.cluster
+    if reason in PARTITION_REASONS:
+        # The tasks of an array share their partitions, time and size: ask about the array.
+        jobs = show_records("job", array_id, cluster, config.command_timeout)
+        partitions = show_records("partition", None, cluster, config.command_timeout)
+        admitting = (
+            None if not jobs or partitions is None else admitting_partitions(jobs[0], partitions)
+        )
+        if admitting != []:
+            what = "SLURM could not be asked" if admitting is None else ", ".join(admitting)
+            print(
+                f"Array job {array_id} pends with SLURM's reason {reason}, but it may run in "
+                f"another of its partitions ({what}): not cancelled, still waiting."
+            )
+            hopeless[array_id] = snapshot.time
+            return
+    names = [folder.joblog.job_name for folder in folders]
+    for result in cancel(names, cluster, config.command_timeout):
+        if result.returncode != 0:
+            raise JobError(
+                f"Tasks of array job {array_id} pend with SLURM's reason {reason}, which does "
+                f"not resolve by itself, but they could not be cancelled: {result.describe()}"
+            )
+    for folder in folders:
+        append_record(folder.log_path, f"Hopeless {reason}")
+        _note(folder, "CANCELLED")
+        folder.hopeless = (reason, fix)
 
 
 def _check_unknown(folder: _Folder, now: datetime, config: Config):
@@ -477,6 +538,12 @@ def _report(folders: list[_Folder], rerun: str) -> int:
             how = f"exit code {folder.code}"
             if folder.state not in (None, *SCRIPT_ENDED_STATES):
                 how += f" (SLURM: {folder.state})"
+        elif folder.hopeless is not None:
+            reason, fix = folder.hopeless
+            how = (
+                f"cancelled by StepUp Queue after pending with SLURM's reason {reason}, which "
+                f"does not resolve by itself (STEPUP_SBATCH_HOPELESS_GRACE). Likely fix: {fix}"
+            )
         else:
             how = f"{folder.state or 'no state known'}, no exit code"
         failed.append(f"  {folder.path} (job {folder.joblog.job_name}): {how}")

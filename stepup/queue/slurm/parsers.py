@@ -67,8 +67,9 @@ class Listing(NamedTuple):
         The folder each job runs in (of an array job: the folder sbatch ran in).
     tasks
         The SLURM state of every array task listed, (array job id, task index) → state. A
-        pending range (`ID_[0-99%4]`) gives one entry per task. The comment and work directory
-        of an array job are in `comments` and `workdirs` under its array job id.
+        pending range (`ID_[0-99%4]`) gives one entry per task. The comment, work directory
+        and pending reason of an array job are in `comments`, `workdirs` and `reasons` under
+        its array job id.
     """
 
     states: dict[int, str]
@@ -176,6 +177,9 @@ def parse_squeue(text: str) -> Listing:
             array_id, indices = tasks
             for index in indices:
                 listing.tasks[array_id, index] = state
+            # The tasks of an array wait for the same reasons: under the array job id.
+            if state == "PENDING" and reason not in ("", "None"):
+                listing.reasons[array_id] = reason
             if comment not in ("", "(null)"):
                 listing.comments[array_id] = comment
             if workdir != "":
@@ -244,6 +248,9 @@ def parse_scontrol(text: str) -> Listing:
                 state = _RE_SCONTROL_FIELDS["states"].search(block).group(1)
                 for task in tasks[1]:
                     listing.tasks[tasks[0], task] = state
+                reason = _RE_SCONTROL_FIELDS["reasons"].search(block)
+                if state == "PENDING" and reason is not None and reason.group(1) != "None":
+                    listing.reasons[tasks[0]] = reason.group(1)
                 for name in "comments", "workdirs":
                     found = _RE_SCONTROL_FIELDS[name].search(block)
                     if found is not None and found.group(1) != "None":
