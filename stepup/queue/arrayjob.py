@@ -14,6 +14,7 @@ only for tasks that squeue no longer lists; a folder's `slurmjob.ret` is read on
 says that its task ended.
 """
 
+import dataclasses
 import os
 import random
 import time
@@ -127,8 +128,9 @@ def run_array(
                 "(squeue --me) or cancel it, then remove that log "
                 f"(stepup removejobs --all --commit {folder.path}) and run the workflow again."
             )
-    if waiting:
-        print(f"Waiting for {len(waiting)} array task(s) submitted earlier")
+    running = sum(1 for folder in waiting if not folder.joblog.done)
+    if running:
+        print(f"Waiting for {running} array task(s) submitted earlier")
     submitted = _submit_all(todo, manifest, links, config, env)
     _wait(waiting + submitted, config)
     # Every task ended: SLURM writes no more output through the symlinks.
@@ -137,8 +139,6 @@ def run_array(
 
 
 def _with_onchange(config: Config, onchange: str) -> Config:
-    import dataclasses
-
     return dataclasses.replace(
         config, onchange=OnChange(onchange), onchange_source="sbatch_array(onchange=...)"
     )
