@@ -122,7 +122,11 @@ class Workflow:
                 "static = lambda *paths: _static(*[p for p in paths if not p.endswith('/')]); "
                 "mkdir = lambda path: None\n"
             )
-        header += "from stepup.queue.api import sbatch\n"
+        # sbatch_array only where it exists: the original releases (test_compat) have none.
+        header += (
+            "import stepup.queue.api as _q; from stepup.queue.api import sbatch; "
+            "sbatch_array = getattr(_q, 'sbatch_array', None)\n"
+        )
         path = self.root / "plan.py"
         path.write_text(header + textwrap.dedent(body))
         path.chmod(0o755)
@@ -565,6 +569,14 @@ def unreachable_squeue(workflow: Workflow) -> dict[str, str]:
         "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n",
     )
     return with_bin(workflow, bindir)
+
+
+# Where a fake sbatch kills the StepUp worker that runs the step (its parent process).
+KILL_POINTS = {
+    "before_sbatch": 'kill -9 "$PPID"\nexit 1\n',
+    "during_sbatch": 'exec 3<&0\n/usr/bin/sbatch "$@" <&3 > /dev/null &\nkill -9 "$PPID"\nwait\n',
+    "after_sbatch": 'out=$(/usr/bin/sbatch "$@")\nkill -9 "$PPID"\necho "$out"\n',
+}
 
 
 # Captured output of the real SLURM (see tests/data/README.md).

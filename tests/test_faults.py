@@ -13,7 +13,15 @@ import subprocess
 import time
 
 import pytest
-from conftest import SIMPLE_PLAN, Workflow, fake_command, scontrol_state, wait_for, with_bin
+from conftest import (
+    KILL_POINTS,
+    SIMPLE_PLAN,
+    Workflow,
+    fake_command,
+    scontrol_state,
+    wait_for,
+    with_bin,
+)
 from path import Path
 
 from stepup.queue.joblog import FORMAT_LINE, JobLog, append_record, read_log
@@ -26,14 +34,6 @@ SLURM_RUN = Path("/var/lib/stepup-queue-slurm/run")
 def submitted(workflow: Workflow, folder: str = "job") -> bool:
     path = workflow.root / folder / "slurmjob.log"
     return path.exists() and "Submitted" in path.read_text()
-
-
-# Where the fake sbatch kills the StepUp worker that runs the step (its parent process).
-KILL_POINTS = {
-    "before_sbatch": 'kill -9 "$PPID"\nexit 1\n',
-    "during_sbatch": 'exec 3<&0\n/usr/bin/sbatch "$@" <&3 > /dev/null &\nkill -9 "$PPID"\nwait\n',
-    "after_sbatch": 'out=$(/usr/bin/sbatch "$@")\nkill -9 "$PPID"\necho "$out"\n',
-}
 
 
 def check_one_job_on_localcluster(workflow: Workflow, env: dict[str, str]):

@@ -11,6 +11,7 @@ from stepup.queue.joblog import (
     append_record,
     find_logs,
     parse_submitted,
+    parse_submitted_task,
     read_log,
     record_submitted,
     start_log,
@@ -352,3 +353,33 @@ def test_find_logs(tmp_path):
 
 def test_find_logs_accepts_str_and_empty_folder(tmp_path):
     assert list(find_logs(str(tmp_path))) == []
+
+
+def test_read_log_array_task(tmp_path):
+    """The log of an sbatch_array() folder records its task: `Submitted ID_N` (`;CLUSTER`)."""
+    for submitted, cluster in ("1234_7", None), ("1234_7;localcluster", "localcluster"):
+        path = write_log(
+            tmp_path,
+            FORMAT_LINE,
+            DIGEST,
+            f"2026-11-25T10:01:02.345678 Submitted {submitted}",
+            "2026-11-25T10:01:33.012345 COMPLETED",
+        )
+        log = read_log(path)
+        assert (log.job_id, log.task, log.cluster) == (1234, 7, cluster)
+        assert log.job_name == "1234_7"
+        assert log.done
+    single = read_log(write_log(tmp_path, FORMAT_LINE, DIGEST, "2026-11-25T10:01:02 Submitted 5"))
+    assert (single.task, single.job_name) == (None, "5")
+
+
+def test_parse_submitted_task():
+    assert parse_submitted_task("12_3") == (12, 3, None)
+    assert parse_submitted_task("12_3;c") == (12, 3, "c")
+    assert parse_submitted_task("12") == (12, None, None)
+    # sbatch never prints a task: a single job's submission is ID or ID;CLUSTER.
+    with pytest.raises(ValueError, match="Expected 'ID' or 'ID;CLUSTER'"):
+        parse_submitted("12_3")
+    for text in ("12_", "_3", "12_3_4"):
+        with pytest.raises(ValueError, match="of an array task: 'ID_N'"):
+            parse_submitted_task(text)

@@ -31,6 +31,7 @@ from stepup.queue.wrapper import (
     JobScriptError,
     clear_ret,
     read_job_script,
+    render_array_wrapper,
     render_wrapper,
 )
 
@@ -1191,3 +1192,60 @@ def test_requeued_job_cancelled(workflow: Workflow, requeue_exit: str):
     # Asked by job id: with a time window (as in final_jobs) sacct lists the requeued run.
     (record,) = sacct("-j", str(job_id))
     assert record["State"].startswith("CANCELLED")
+
+
+def test_array_wrapper_passes_bash_n_and_shellcheck(tmp_path):
+    """A rendered wrapper of a job array is valid bash and passes shellcheck (as in CI)."""
+    path = Path(tmp_path) / "wrapper.sh"
+    path.write_text(
+        render_array_wrapper(
+            ("#SBATCH -N 1",),
+            ["/a b/x", "/c"],
+            ["./slurmjob.sh", "/usr/bin/env python3 slurmjob.py"],
+            "stepup-queue-0123456789abcdef",
+        )
+    )
+    result = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed: apt-get install shellcheck (tools/test.sh does)")
+    result = subprocess.run(["shellcheck", path], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("submitted", "task", "written"),
+    [("77_1", "1", True), ("77_1", "0", False), ("78_1", "1", False), ("77", "1", False)],
+)
+def test_array_wrapper_runs_the_task_folder_script(tmp_path, submitted, task, written):
+    """Task N runs the script of folder N there; its exit code is kept only when the folder's
+    log names this task (ARRAYID_N)."""
+    folders = [Path(tmp_path) / name for name in ("first", "second folder")]
+    for number, folder in enumerate(folders):
+        folder.makedirs_p()
+        script = folder / "slurmjob.sh"
+        body = f'echo task {number} in $(basename "$PWD")\nexit 3\n'
+        script.write_text(f"#!/usr/bin/env bash\n{body}")
+        (folder / "slurmjob.log").write_text(
+            f"{FORMAT_LINE}\nD\n2026-01-01T00:00:00.000000 Submitted {submitted}\n"
+        )
+    script.chmod(0o755)
+    wrapper = Path(tmp_path) / "wrapper.sh"
+    wrapper.write_text(
+        render_array_wrapper(
+            (),
+            [str(f) for f in folders],
+            ["bash slurmjob.sh", "./slurmjob.sh"],
+            "stepup-queue-0123456789abcdef",
+        )
+    )
+    env = {key: value for key, value in os.environ.items() if key != "SLURM_JOB_ID"}
+    env |= {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": task}
+    result = subprocess.run(
+        ["bash", wrapper], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30
+    )
+    index = int(task)
+    assert result.returncode == 3
+    assert result.stdout == f"task {index} in {folders[index].name}\n"
+    ret = folders[index] / "slurmjob.ret"
+    assert ret.read_text() == ("3\n" if written else "")

@@ -9,9 +9,9 @@ import argparse
 import shlex
 import sys
 
-from .entry import parse_step_args, run_step
+from .entry import parse_step_args, run_array_step, run_step
 
-__all__ = ("parse_sbatch_args", "sbatch")
+__all__ = ("parse_sbatch_args", "sbatch", "sbatcharray")
 
 
 def parse_sbatch_args(argstr: str) -> argparse.Namespace:
@@ -64,3 +64,29 @@ def sbatch(argstr: str, work_thread: "WorkThread") -> int:  # noqa: F821
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     return run_step(words, "sbatch", "stepup boot")
+
+
+def sbatcharray(argstr: str, work_thread: "WorkThread") -> int:  # noqa: F821
+    """Submit the job folders of an `sbatch_array()` step as job arrays and wait for them.
+
+    Parameters
+    ----------
+    argstr
+        The manifest file written by `sbatch_array()`, e.g. `slurmarray.json`.
+    work_thread
+        The StepUp worker thread running this action (asked for by name, unused).
+
+    Returns
+    -------
+    returncode
+        0 when every folder's job succeeded, else 1.
+    """
+    try:
+        words = _split(argstr)
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    if len(words) != 1:
+        print(f"Error: sbatcharray takes one manifest file, got {argstr!r}", file=sys.stderr)
+        return 1
+    return run_array_step(words[0], "stepup boot")

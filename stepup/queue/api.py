@@ -15,11 +15,12 @@ from path import Path
 from stepup.core import api as core
 from stepup.core.stepinfo import StepInfo
 
+from .arraymanifest import Manifest, write_manifest
 from .attempts import write_retry_settings
 from .entry import check_open_files
 from .states import retried_states
 
-__all__ = ("sbatch",)
+__all__ = ("sbatch", "sbatch_array")
 
 _RESERVED_EXTS = (".log", ".out", ".err", ".ret", ".retries")
 _ONCHANGE_VALUES = ("raise", "resubmit", "ignore")
@@ -183,20 +184,8 @@ def sbatch(
     sbatch("compute/", out="result.txt")
     ```
     """
-    if ext == "":
-        ext = ".sh"
-    elif not ext.startswith("."):
-        ext = f".{ext}"
-    if ext in _RESERVED_EXTS:
-        raise ValueError(
-            f"ext={ext!r} is not allowed: slurmjob{ext} is written by StepUp Queue. "
-            "Use another extension for the job script, e.g. '.sh' (the default) or '.py'."
-        )
-    if onchange is not None and onchange not in _ONCHANGE_VALUES:
-        raise ValueError(
-            f"onchange={onchange!r} is not allowed: use one of {', '.join(_ONCHANGE_VALUES)}, "
-            "or None to follow STEPUP_QUEUE_ONCHANGE."
-        )
+    ext = _normalize_ext(ext)
+    _check_onchange(onchange)
     _check_retries(workdir, retries, retry_on)
     major = stepup_major()
     # Before the first step of the plan exists: a refusal leaves nothing submitted.
@@ -236,6 +225,176 @@ def sbatch(
         resources=resources,
         duration=duration,
     )
+
+
+# The names of the sbatch_array() steps of this plan: each has a manifest file of its own.
+_ARRAY_NAMES: set[str] = set()
+
+
+def sbatch_array(
+    workdirs: Collection[str],
+    *,
+    ext: str = ".sh",
+    rc: str | None = None,
+    inp: Collection[str] | str = (),
+    env: Collection[str] | str = (),
+    out: Collection[str] | str = (),
+    vol: Collection[str] | str = (),
+    onchange: str | None = None,
+    max_running: int | None = None,
+    optional: bool = False,
+    name: str = "slurmarray",
+    pool: str | None = None,
+    block: bool = False,
+    resources: dict[str, int] | str | None = None,
+    duration: float | None = None,
+) -> StepInfo:
+    """Add ONE step that submits the job scripts of many job folders as SLURM job arrays.
+
+    Each folder in `workdirs` is a job folder as for `sbatch()`: its own `slurmjob{ext}`,
+    `slurmjob.log` (which records its array task, `Submitted ID_N`), `slurmjob.out`, `.err`
+    and `.ret`. The folders that need a job are grouped by the `#SBATCH` lines of their
+    scripts (the scripts may differ otherwise) and submitted as few arrays as SLURM allows:
+    at most MaxArraySize tasks each, and no more than fit under your submit limit. The step
+    waits for all of them in one process, with one status query per cache period, and
+    succeeds when every folder's script exited with 0; otherwise it fails with a message that
+    names each failed folder and its exit code or SLURM state.
+
+    Each folder is submitted once: a restarted workflow finds the arrays again; a folder that
+    succeeded is never run again; a failed one is submitted again only after
+    `stepup removejobs` cleared it, or when its inputs changed (see `onchange`).
+
+    `plan.py` writes the manifest `{name}.json` next to itself (the folders and settings), so
+    that the step's command stays short: `sq-sbatch-array {name}.json` on StepUp 4, the action
+    `sbatcharray {name}.json` on StepUp 3.
+
+    Parameters
+    ----------
+    workdirs
+        The job folders, relative to the folder of plan.py.
+    ext
+        The extension of the job scripts, as for `sbatch()`.
+    rc
+        A bash command run before each `sbatch`, as for `sbatch()`.
+    inp
+        Extra inputs of every folder, relative to each folder.
+    env
+        Environment variables to which the jobs are sensitive.
+    out
+        Extra outputs of every folder, relative to each folder.
+    vol
+        Extra volatile outputs of every folder, relative to each folder.
+    onchange
+        What to do with a folder whose inputs (script, `inp` files, `env` values) changed since
+        its job was submitted, as for `sbatch()`: `"raise"`, `"resubmit"` or `"ignore"`.
+    max_running
+        At most this many tasks of each array run at once (`sbatch --array=...%N`).
+    optional
+        When True, the step runs only when another step needs its outputs.
+    name
+        The name of the manifest file (`{name}.json`), unique among the sbatch_array() steps
+        of a plan.
+    pool, block, resources, duration
+        As for `sbatch()`.
+
+    Returns
+    -------
+    step_info : StepInfo
+        What StepUp's `step()` (StepUp 3) or `run()` (StepUp 4) returns.
+
+    Raises
+    ------
+    ValueError
+        For an empty or repeated list of folders, a name used twice in one plan, or the
+        arguments that `sbatch()` refuses.
+
+    Examples
+    --------
+    ```python
+    from stepup.core.api import static
+    from stepup.queue.api import sbatch_array
+
+    folders = [f"run{i:03d}" for i in range(100)]
+    static(*[f"{folder}/slurmjob.sh" for folder in folders])
+    sbatch_array(folders, out="result.txt", max_running=20)
+    ```
+    """
+    ext = _normalize_ext(ext)
+    _check_onchange(onchange)
+    folders = [str(Path(workdir).normpath()) for workdir in _as_list(workdirs)]
+    if not folders:
+        raise ValueError("sbatch_array() needs at least one job folder in workdirs.")
+    if len(set(folders)) != len(folders):
+        raise ValueError(f"sbatch_array() got a job folder more than once: {folders}.")
+    if max_running is not None and (
+        isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1
+    ):
+        raise ValueError(f"sbatch_array(max_running={max_running!r}): use a whole number >= 1.")
+    if name in _ARRAY_NAMES:
+        raise ValueError(
+            f"sbatch_array(name={name!r}) is called twice in this plan: each call writes its "
+            f"own manifest {name}.json. Give each call another name=."
+        )
+    _ARRAY_NAMES.add(name)
+    major = stepup_major()
+    manifest = Manifest(
+        tuple(folders),
+        ext,
+        rc,
+        onchange,
+        max_running,
+        tuple(_as_list(inp)),
+        tuple(_as_list(env)),
+    )
+    manifest_path = f"{name}.json"
+    write_manifest(manifest_path, manifest)
+    core.static(manifest_path)
+    command = f"{'sbatcharray' if major < 4 else 'sq-sbatch-array'} {shlex.quote(manifest_path)}"
+    each = {
+        "inp": [f"slurmjob{ext}", *_as_list(inp)],
+        "out": ["slurmjob.out", "slurmjob.err", "slurmjob.ret", *_as_list(out)],
+        "vol": ["slurmjob.log", *_as_list(vol)],
+    }
+    paths = {kind: [f"{f}/{p}" for f in folders for p in names] for kind, names in each.items()}
+    paths["inp"].insert(0, manifest_path)
+    paths["env"] = _as_list(env)
+    if major < 4:
+        for label, value in ("resources", resources), ("duration", duration):
+            if value is not None:
+                raise ValueError(
+                    f"sbatch_array({label}=...) needs StepUp 4; this is StepUp "
+                    f"{version('stepup')}. Remove the argument, or use pool= on StepUp 3."
+                )
+        return core.step(command, **paths, optional=optional, pool=pool, block=block)
+    if pool is not None:
+        raise ValueError(
+            f"sbatch_array(pool={pool!r}): StepUp 4 has no pools. Use "
+            f'resources="{pool}" and offer it with `stepup build --resources {pool}:N`.'
+        )
+    if block:
+        resources = _resources(resources) | {BLOCK_RESOURCE: 1}
+    return core.run(command, **paths, optional=optional, resources=resources, duration=duration)
+
+
+def _normalize_ext(ext: str) -> str:
+    if ext == "":
+        ext = ".sh"
+    elif not ext.startswith("."):
+        ext = f".{ext}"
+    if ext in _RESERVED_EXTS:
+        raise ValueError(
+            f"ext={ext!r} is not allowed: slurmjob{ext} is written by StepUp Queue. "
+            "Use another extension for the job script, e.g. '.sh' (the default) or '.py'."
+        )
+    return ext
+
+
+def _check_onchange(onchange: str | None):
+    if onchange is not None and onchange not in _ONCHANGE_VALUES:
+        raise ValueError(
+            f"onchange={onchange!r} is not allowed: use one of {', '.join(_ONCHANGE_VALUES)}, "
+            "or None to follow STEPUP_QUEUE_ONCHANGE."
+        )
 
 
 def _check_retries(workdir: str, retries: int | None, retry_on: Collection[str] | str):

@@ -11,7 +11,7 @@ import functools
 import os
 import resource
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from path import Path
 
@@ -34,6 +34,7 @@ __all__ = (
     "job_environment",
     "parse_step_args",
     "raise_open_file_limit",
+    "run_array_step",
     "run_step",
 )
 
@@ -236,11 +237,10 @@ def run_step(words: list[str], prog: str, rerun: str) -> int:
     returncode
         The exit code of the job script, or 1 when the job could not run or did not finish.
     """
-    try:
+
+    def run() -> int:
         args = parse_step_args(words, prog)
-        config = Config.from_environ()
-        for warning in config.warnings:
-            print(f"Warning: {warning}", file=sys.stderr)
+        config = _config()
         if args.onchange is not None:
             config = dataclasses.replace(
                 config, onchange=OnChange(args.onchange), onchange_source="sbatch(onchange=...)"
@@ -249,6 +249,52 @@ def run_step(words: list[str], prog: str, rerun: str) -> int:
         _restore_open_file_limit()
         digest = os.environ.get("STEPUP_STEP_INP_DIGEST", "")
         return run_job(args.ext, args.rc, digest, config, job_environment(os.environ))
+
+    return _guarded(run, rerun)
+
+
+def run_array_step(manifest: str, rerun: str) -> int:
+    """Submit the job folders of an `sbatch_array()` step once as job arrays and wait for them.
+
+    Parameters
+    ----------
+    manifest
+        The manifest file written by `sbatch_array()`, relative to the current folder (that
+        of plan.py).
+    rerun
+        The command that runs the workflow again, e.g. `stepup build`, for messages.
+
+    Returns
+    -------
+    returncode
+        0 when every folder's job succeeded, else 1 (the message names the failed folders).
+    """
+
+    def run() -> int:
+        # Here, not at the top: the module of a single sbatch step need not load these.
+        from .arrayjob import run_array
+        from .arraymanifest import read_manifest
+
+        config = _config()
+        _restore_open_file_limit()
+        env = job_environment(os.environ)
+        name = Path(manifest).stem
+        return run_array(read_manifest(manifest), name, config, env, rerun)
+
+    return _guarded(run, rerun)
+
+
+def _config() -> Config:
+    config = Config.from_environ()
+    for warning in config.warnings:
+        print(f"Warning: {warning}", file=sys.stderr)
+    return config
+
+
+def _guarded(run: Callable[[], int], rerun: str) -> int:
+    """`run()`, with every expected failure turned into a message and return code 1."""
+    try:
+        return run()
     except (ValueError, JobError, OpenFileLimitError) as exc:
         # The message says what went wrong and what to do: a traceback would not help.
         print(f"Error: {exc}", file=sys.stderr)

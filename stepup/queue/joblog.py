@@ -16,7 +16,9 @@ so that a workflow killed before the `Submitted` record was written can find its
 instead of submitting it twice. Once the `Submitted` record is written, the log is rewritten
 without `Submitting` records, so that a folder whose submission completed is exactly in the
 format that the original releases read. The `Submitted` record holds what
-`sbatch --parsable` printed: `ID` or `ID;CLUSTER`.
+`sbatch --parsable` printed: `ID` or `ID;CLUSTER`. The folder of an array task
+(`sbatch_array`) records `ID_N` or `ID_N;CLUSTER`: the array job id and the task index; its
+second line is the digest of that folder's own inputs (see `arrays.folder_digest`).
 
 The original StepUp Queue 2.x writes a bare `Submitting` record (no token) before sbatch: it is
 read as a submission that tagged no job.
@@ -45,6 +47,7 @@ __all__ = (
     "find_logs",
     "is_token",
     "parse_submitted",
+    "parse_submitted_task",
     "read_log",
     "record_submitted",
     "start_log",
@@ -54,7 +57,9 @@ LOG_NAME = "slurmjob.log"
 FORMAT_LINE = "StepUp Queue sbatch wait log format version 2"
 
 _RE_STATE = re.compile(r"[A-Z][A-Z_]*")
-_RE_SUBMITTED = re.compile(r"(?P<id>[0-9]+)(?:;(?P<cluster>[A-Za-z0-9_.-]+))?")
+_RE_SUBMITTED = re.compile(
+    r"(?P<id>[0-9]+)(?:_(?P<task>[0-9]+))?(?:;(?P<cluster>[A-Za-z0-9_.-]+))?"
+)
 _RE_TOKEN = re.compile(r"stepup-queue-[0-9a-f]{16}")
 
 
@@ -78,6 +83,9 @@ class JobLog:
         When the last `Submitting` record was written, `None` when there is none.
     job_id
         The job id from the `Submitted` record, `None` when the job was not (yet) submitted.
+        Of an array task (`Submitted ID_N`), the array job id.
+    task
+        The array task index of an array task (`sbatch_array`), `None` for a single job.
     cluster
         The cluster name from the `Submitted` record, `None` when there is none.
     submitted_time
@@ -93,6 +101,7 @@ class JobLog:
     token: str | None = None
     submitting_time: datetime | None = None
     job_id: int | None = None
+    task: int | None = None
     cluster: str | None = None
     submitted_time: datetime | None = None
     states: list[tuple[datetime, str]] = field(default_factory=list)
@@ -109,6 +118,13 @@ class JobLog:
         return self.last_state in FINAL_STATES
 
     @property
+    def job_name(self) -> str | None:
+        """How SLURM names the logged job: `ID`, or `ID_N` for an array task."""
+        if self.job_id is None:
+            return None
+        return str(self.job_id) if self.task is None else f"{self.job_id}_{self.task}"
+
+    @property
     def interrupted(self) -> bool:
         """True when a submission began (`Submitting`) but no job id was logged: it may or may
         not have reached SLURM."""
@@ -121,27 +137,53 @@ def is_token(text: str) -> bool:
 
 
 def parse_submitted(text: str) -> tuple[int, str | None]:
-    """Parse what `sbatch --parsable` printed: `ID` or `ID;CLUSTER`.
+    """Parse what `sbatch --parsable` printed: `ID` or `ID;CLUSTER`. The folder of an array task
+    (`sbatch_array`) records `ID_N` or `ID_N;CLUSTER`: the array job id and the task index; its
+    second line is the digest of that folder's own inputs (see `arrays.folder_digest`).
 
-    Parameters
-    ----------
-    text
-        The output of sbatch (surrounding white space is ignored).
+        Parameters
+        ----------
+        text
+            The output of sbatch (surrounding white space is ignored).
+
+        Returns
+        -------
+        job_id, cluster
+            The job id and the cluster name, `None` when there is no cluster.
+
+        Raises
+        ------
+        ValueError
+            When the text is not of the form `ID` or `ID;CLUSTER`.
+    """
+    job_id, task, cluster = parse_submitted_task(text)
+    if task is not None:
+        raise ValueError(f"Expected 'ID' or 'ID;CLUSTER', got {text.strip()!r}")
+    return job_id, cluster
+
+
+def parse_submitted_task(text: str) -> tuple[int, int | None, str | None]:
+    """Parse a `Submitted` record's value: `ID`, `ID;CLUSTER`, or of an array task `ID_N` or
+    `ID_N;CLUSTER`.
 
     Returns
     -------
-    job_id, cluster
-        The job id and the cluster name, `None` when there is no cluster.
+    job_id, task, cluster
+        The (array) job id, the task index (`None` for a single job) and the cluster name.
 
     Raises
     ------
     ValueError
-        When the text is not of the form `ID` or `ID;CLUSTER`.
+        When the text has none of these forms.
     """
     match = _RE_SUBMITTED.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"Expected 'ID' or 'ID;CLUSTER', got {text.strip()!r}")
-    return int(match.group("id")), match.group("cluster")
+        raise ValueError(
+            f"Expected 'ID' or 'ID;CLUSTER', got {text.strip()!r} (of an array task: 'ID_N' "
+            "or 'ID_N;CLUSTER')"
+        )
+    task = match.group("task")
+    return int(match.group("id")), None if task is None else int(task), match.group("cluster")
 
 
 def read_log(path: str | Path) -> JobLog:
@@ -195,7 +237,7 @@ def _parse_record(joblog: JobLog, lineno: int, line: str):
         if joblog.job_id is not None:
             raise _error(joblog.path, lineno, "a second Submitted record")
         try:
-            joblog.job_id, joblog.cluster = parse_submitted(rest)
+            joblog.job_id, joblog.task, joblog.cluster = parse_submitted_task(rest)
         except ValueError as exc:
             raise _error(joblog.path, lineno, str(exc)) from None
         joblog.submitted_time = time
@@ -251,17 +293,19 @@ def append_record(path: str | Path, record: str) -> datetime:
 def record_submitted(path: str | Path, submitted: str) -> datetime:
     """Append the `Submitted` record and drop the `Submitting` records, atomically.
 
-    Parameters
-    ----------
-    path
-        The log file.
-    submitted
-        What `sbatch --parsable` printed: `ID` or `ID;CLUSTER`.
+        Parameters
+        ----------
+        path
+            The log file.
+        submitted
+            What `sbatch --parsable` printed: `ID` or `ID;CLUSTER`. The folder of an array task
+    (`sbatch_array`) records `ID_N` or `ID_N;CLUSTER`: the array job id and the task index; its
+    second line is the digest of that folder's own inputs (see `arrays.folder_digest`).
 
-    Returns
-    -------
-    time
-        The time stamp of the `Submitted` record.
+        Returns
+        -------
+        time
+            The time stamp of the `Submitted` record.
     """
     path = Path(path)
     time = datetime.now()

@@ -177,13 +177,20 @@ def ask_slurm(
             job.asked_at = answered
             if job.log.job_id is None:
                 job.token_id = by_token.get(job.log.token)
+            if job.log.task is not None:
+                # An array task (sbatch_array) runs in the folder of plan.py, not in its own:
+                # the log's task, not the folder, tells it. The accounting is not asked: its
+                # records are per task (the tools of issue 17 show them; here the log decides).
+                job.live = listing.tasks.get((job.log.job_id, job.log.task))
+                continue
             job.live = listing.states.get(job.job_id)
             job.reason = listing.reasons.get(job.job_id) or None
             job.workdir = listing.workdirs.get(job.job_id)
         # squeue lists only the user's own jobs that slurmctld still holds: the others are
         # looked up in the accounting database, all in one call.
-        unlisted = [job for job in cluster_jobs if job.job_id is not None and job.live is None]
-        wanted = [job for job in cluster_jobs if job.job_id is not None] if history else unlisted
+        single = [job for job in cluster_jobs if job.log.task is None]
+        unlisted = [job for job in single if job.job_id is not None and job.live is None]
+        wanted = [job for job in single if job.job_id is not None] if history else unlisted
         records: dict[int, dict[str, str]] = {}
         usage: dict[tuple[int, str], Usage] = {}
         if history and remembered is not None:

@@ -161,7 +161,7 @@ class _Submission:
         with _submit_turn(self.cache, config) if self.limit is not None else nullcontext():
             snapshot = self.cache.snapshot()
             if self.limit is not None and (
-                not snapshot.ok or len(snapshot.listing.active()) >= self.limit
+                not snapshot.ok or snapshot.listing.queued() >= self.limit
             ):
                 return None
             # Without an answer, trust the log: SLURM's answer only adds a safety check.
@@ -349,7 +349,7 @@ def _limit_at_refusal(
         if snapshot.ok and snapshot.time > refused:
             break
         nap(config)
-    queued = len(snapshot.listing.active())
+    queued = snapshot.listing.queued()
     if queued == 0:
         raise JobError(
             f"sbatch refused {Path.cwd()} for a submit limit, while you have no job queued: "
@@ -375,5 +375,5 @@ def _wait_for_room(cache: StateCache, limit: int, config: Config):
         # Random naps: steps that wait for room look at different moments.
         nap(config)
         snapshot = cache.snapshot()
-        if snapshot.ok and len(snapshot.listing.active()) < limit:
+        if snapshot.ok and snapshot.listing.queued() < limit:
             return

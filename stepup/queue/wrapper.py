@@ -34,6 +34,7 @@ __all__ = (
     "clear_ret",
     "read_job_script",
     "read_ret",
+    "render_array_wrapper",
     "render_wrapper",
 )
 
@@ -235,12 +236,46 @@ def render_wrapper(script: JobScript, token: str | None = None) -> str:
     wrapper
         The text of the wrapper, to be passed to sbatch on standard input.
     """
+    return _render(script.directives, token, "", script.command)
+
+
+def render_array_wrapper(
+    directives: tuple[str, ...], folders: list[str], commands: list[str], token: str
+) -> str:
+    """Return the bash wrapper of a job array (`sbatch_array`): task N runs in `folders[N]`.
+
+    Each task changes to its job folder and runs that folder's script there, as the wrapper
+    of a single job does, with the same exit code file, log check and signal forwarding.
+
+    Parameters
+    ----------
+    directives
+        The `#SBATCH` lines, the same in the scripts of all folders.
+    folders
+        The absolute job folder of each task, by task index.
+    commands
+        The command that runs the script of each folder (`JobScript.command`), by task index.
+    token
+        The token of the submission (the array job's comment).
+    """
+    prelude = (
+        "# The job folder of this array task and the command that runs its script.\n"
+        f"folders=({' '.join(map(shlex.quote, folders))})\n"
+        f"commands=({' '.join(map(shlex.quote, commands))})\n"
+        'cd -- "${folders[SLURM_ARRAY_TASK_ID]}" || exit 1\n'
+        'eval "set -- ${commands[SLURM_ARRAY_TASK_ID]}"\n'
+    )
+    return _render(directives, token, prelude, '"$@"')
+
+
+def _render(directives: tuple[str, ...], token: str | None, prelude: str, command: str) -> str:
     slots = {
-        "#@DIRECTIVES@\n": "".join(f"{line}\n" for line in script.directives),
+        "#@DIRECTIVES@\n": "".join(f"{line}\n" for line in directives),
         "@RET@": shlex.quote(RET_NAME),
         "@LOG@": shlex.quote(LOG_NAME),
         "@TOKEN@": shlex.quote(token or ""),
-        "@COMMAND@": script.command,
+        "#@PRELUDE@\n": prelude,
+        "@COMMAND@": command,
     }
     template = resources.files(__package__).joinpath("wrapper.sh").read_text(encoding="utf-8")
     # One pass, so that a slot's value is never searched for slots.

@@ -3,10 +3,12 @@
 # Written by StepUp Queue from its template stepup/queue/wrapper.sh: runs the job script and
 # keeps its exit code. Needs bash >= 4.3. The template's slots, filled by render_wrapper, are
 # written between at signs: the #SBATCH lines of the script, the names of the exit code file
-# and the job log, the token of the submission and the command that runs the script.
+# and the job log, the token of the submission, the code that enters an array task's job
+# folder (empty for a single job) and the command that runs the script.
 ret=@RET@
 log=@LOG@
 token=@TOKEN@
+#@PRELUDE@
 
 # Is this job the one that the job log names? Its last Submitted record, or, before it is
 # written, the token of its Submitting record. The step rewrites the log before it submits a
@@ -22,8 +24,13 @@ logged() {
         esac
     done < "$log"
     if [[ -n $submitted ]]; then
-        # sbatch -M prints ID;CLUSTER.
-        if [[ ${submitted%%;*} != "${SLURM_JOB_ID:-}" ]]; then return 1; fi
+        # sbatch -M prints ID;CLUSTER. An array task's log records ARRAYID_TASK (sbatch_array).
+        if [[ ${submitted%%;*} == *_* ]]; then
+            local task="${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-}"
+            if [[ ${submitted%%;*} != "$task" ]]; then return 1; fi
+        elif [[ ${submitted%%;*} != "${SLURM_JOB_ID:-}" ]]; then
+            return 1
+        fi
         if [[ $submitted != *";"* || -z ${SLURM_CLUSTER_NAME:-} ]]; then return 0; fi
         if [[ ${submitted#*;} == "$SLURM_CLUSTER_NAME" ]]; then return 0; fi
         return 1

@@ -12,7 +12,14 @@ MAX_SCANCEL_IDS = 100
 
 
 def submit(
-    wrapper: str, *, rc: str | None, token: str, timeout: float, env: dict[str, str]
+    wrapper: str,
+    *,
+    rc: str | None,
+    token: str,
+    timeout: float,
+    env: dict[str, str],
+    array: str | None = None,
+    outputs: tuple[str, str] = ("slurmjob.out", "slurmjob.err"),
 ) -> CommandResult:
     """Submit a wrapper script with `sbatch --parsable`, tagged with a token as its comment.
 
@@ -29,8 +36,14 @@ def submit(
         Seconds after which sbatch is killed.
     env
         The environment of sbatch (and rc); the job inherits it (see `commands.run_command`).
+    array
+        The task indices of a job array (`--array`), e.g. `0-9%2`; `None` for a single job.
+    outputs
+        The files of the job's standard output and error (sbatch's `-o` and `-e`).
     """
-    args = ["sbatch", "--parsable", "-o", "slurmjob.out", "-e", "slurmjob.err"]
+    args = ["sbatch", "--parsable", "-o", outputs[0], "-e", outputs[1]]
+    if array is not None:
+        args.append(f"--array={array}")
     args.append(f"--comment={token}")
     if rc is None:
         return run_command(args, stdin=wrapper, timeout=timeout, env=env)

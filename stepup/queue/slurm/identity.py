@@ -65,7 +65,7 @@ def why_not_logged_job(
 
 
 def find_by_token(
-    token: str | None, clusters: str | None, since: datetime, timeout: float
+    token: str | None, clusters: str | None, since: datetime, timeout: float, arrays: bool = False
 ) -> tuple[bool, int | None]:
     """Look for the job of an interrupted submission, first in squeue, then in sacct.
 
@@ -86,6 +86,9 @@ def find_by_token(
         The time of the `Submitting` record.
     timeout
         Seconds after which squeue or sacct is killed.
+    arrays
+        Look for an array job (`sbatch_array`), submitted from the current folder: `job_id`
+        is then its array job id.
 
     Returns
     -------
@@ -98,7 +101,7 @@ def find_by_token(
     ValueError
         When SLURM lists several jobs without comment that may be this submission's.
     """
-    listed = listed_submissions(clusters, timeout)
+    listed = listed_submissions(clusters, timeout, arrays)
     if listed is None:
         return False, None
     tagged = [job_id for job_id, record in listed.items() if token and record["Comment"] == token]
@@ -107,7 +110,7 @@ def find_by_token(
     # squeue shows the comment of every job it lists, so none of those carries our token.
     # A submission without token (2.x) is told by folder and time, here as in sacct.
     found = [] if token is not None else match_submission(listed, None, os.getcwd(), since)
-    records = accounted_submissions(clusters, since, timeout)
+    records = accounted_submissions(clusters, since, timeout, arrays)
     if records is None:
         return False, None
     unlisted = {job_id: record for job_id, record in records.items() if job_id not in listed}

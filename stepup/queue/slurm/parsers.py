@@ -20,12 +20,15 @@ __all__ = (
     "SUBMISSION_FORMAT",
     "Listing",
     "UnreadableOutputError",
+    "array_tasks",
     "last_run",
+    "parse_array_states",
     "parse_cluster_name",
     "parse_elapsed",
     "parse_job_records",
     "parse_job_runs",
     "parse_key_values",
+    "parse_max_array_size",
     "parse_requeue_codes",
     "parse_scontrol",
     "parse_squeue",
@@ -63,21 +66,33 @@ class Listing(NamedTuple):
     reasons
         Why a pending job waits (squeue's `%r`, e.g. `Priority`, `PartitionTimeLimit`).
     workdirs
-        The folder each job runs in.
+        The folder each job runs in (of an array job: the folder sbatch ran in).
+    tasks
+        The SLURM state of every array task listed, (array job id, task index) → state. A
+        pending range (`ID_[0-99%4]`) gives one entry per task. The comment, work directory
+        and pending reason of an array job are in `comments`, `workdirs` and `reasons` under
+        its array job id.
     """
 
     states: dict[int, str]
     comments: dict[int, str]
     reasons: dict[int, str]
     workdirs: dict[int, str]
+    tasks: dict[tuple[int, int], str]
 
     @classmethod
     def empty(cls) -> "Listing":
-        return cls({}, {}, {}, {})
+        return cls({}, {}, {}, {}, {})
 
     def active(self) -> list[int]:
         """The jobs listed that have not ended: those that count against a submit limit."""
         return sorted(job_id for job_id, state in self.states.items() if is_active(state))
+
+    def queued(self) -> int:
+        """How many jobs and array tasks listed have not ended: each counts against a submit
+        limit (MaxSubmitJobs)."""
+        tasks = sum(1 for state in self.tasks.values() if is_active(state))
+        return len(self.active()) + tasks
 
 
 class UnreadableOutputError(ValueError):
@@ -103,6 +118,25 @@ def _job_id(line: str, field: str) -> int | None:
 
 
 _RE_JOB_ID = re.compile(r"([0-9]+)(?:\+[0-9]+)?((?:_[0-9\[]|\.)[^|]*)?")
+_RE_TASK_ID = re.compile(r"([0-9]+)_(?:([0-9]+)|\[([0-9,\-]+)(?:%[0-9]+)?\])")
+
+
+def array_tasks(field: str) -> tuple[int, list[int]] | None:
+    """The array job id and task indices of an array task id: `ID_N`, or a pending range
+    `ID_[0-3,7%2]` (`%2`: at most two at once). `None` for anything else (e.g. `ID_N.batch`).
+    """
+    match = _RE_TASK_ID.fullmatch(field)
+    if match is None:
+        return None
+    if match.group(2) is not None:
+        return int(match.group(1)), [int(match.group(2))]
+    indices = []
+    for part in match.group(3).split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or not (last == "" or last.isdigit()):
+            return None
+        indices.extend(range(int(first), int(last or first) + 1))
+    return int(match.group(1)), indices
 
 
 def readable(parse: Callable[..., _Parsed], text: str, *args) -> _Parsed | None:
@@ -120,7 +154,7 @@ def parse_squeue(text: str) -> Listing:
     directory starts at the first `|REASON|/`. Lines with only `%i|%T|%k` (the cache files of
     StepUp Queue 1.1.0) give no reason or work directory. The components `ID+N` of a
     heterogeneous job count as job `ID`, which has not ended while one of them has not. Array
-    tasks are skipped.
+    tasks (`ID_N`, and pending ranges `ID_[N-M%K]`) go to `Listing.tasks`.
 
     Raises
     ------
@@ -140,6 +174,19 @@ def parse_squeue(text: str) -> Listing:
             reason = workdir = ""
             if bar == "" or state == "":
                 raise UnreadableOutputError(line)
+        tasks = array_tasks(job)
+        if tasks is not None:
+            array_id, indices = tasks
+            for index in indices:
+                listing.tasks[array_id, index] = state
+            # The tasks of an array wait for the same reasons: under the array job id.
+            if state == "PENDING" and reason not in ("", "None"):
+                listing.reasons[array_id] = reason
+            if comment not in ("", "(null)"):
+                listing.comments[array_id] = comment
+            if workdir != "":
+                listing.workdirs[array_id] = workdir
+            continue
         job_id = _job_id(line, job)
         if job_id is None:
             continue
@@ -158,6 +205,7 @@ _RE_SQUEUE_LINE = re.compile(r"([^|]*)\|([^|]*)\|(.*?)\|([^|]*)\|(/.*)")
 
 
 _RE_SCONTROL_JOB = re.compile(r"^JobId=([0-9]+)\s", re.MULTILINE)
+_RE_SCONTROL_ARRAY = re.compile(r"\bArrayJobId=([0-9]+) ArrayTaskId=(\S+)")
 _RE_SCONTROL_UID = re.compile(r"\bUserId=\S*?\(([0-9]+)\)")
 _RE_SCONTROL_FIELDS = {
     "states": re.compile(r"\bJobState=([A-Z_]+)"),
@@ -193,6 +241,23 @@ def parse_scontrol(text: str) -> Listing:
         user = _RE_SCONTROL_UID.search(block)
         if user is not None and int(user.group(1)) != os.getuid():
             continue
+        array = _RE_SCONTROL_ARRAY.search(block)
+        if array is not None:
+            # A task (ArrayTaskId=N) or the pending rest of an array (ArrayTaskId=2-9%4).
+            index = array.group(2)
+            tasks = array_tasks(f"{array.group(1)}_{index if index.isdigit() else f'[{index}]'}")
+            if tasks is not None:
+                state = _RE_SCONTROL_FIELDS["states"].search(block).group(1)
+                for task in tasks[1]:
+                    listing.tasks[tasks[0], task] = state
+                reason = _RE_SCONTROL_FIELDS["reasons"].search(block)
+                if state == "PENDING" and reason is not None and reason.group(1) != "None":
+                    listing.reasons[tasks[0]] = reason.group(1)
+                for name in "comments", "workdirs":
+                    found = _RE_SCONTROL_FIELDS[name].search(block)
+                    if found is not None and found.group(1) != "None":
+                        getattr(listing, name)[tasks[0]] = found.group(1)
+                continue
         for name, pattern in _RE_SCONTROL_FIELDS.items():
             found = pattern.search(block)
             if found is not None and found.group(1) != "None":
@@ -368,6 +433,43 @@ def parse_cluster_name(config: str) -> str | None:
 
 
 _RE_REQUEUE_EXIT = re.compile(r"^(RequeueExit|RequeueExitHold)\s*=\s*(\S*)\s*$", re.MULTILINE)
+
+
+_RE_MAX_ARRAY_SIZE = re.compile(r"^MaxArraySize\s*=\s*([0-9]+)\s*$", re.MULTILINE)
+
+
+def parse_max_array_size(config: str) -> int | None:
+    """SLURM's MaxArraySize in `scontrol show config` output: task indices must be below it.
+    `None` when the output names none."""
+    match = _RE_MAX_ARRAY_SIZE.search(config)
+    return None if match is None else int(match.group(1))
+
+
+def parse_array_states(text: str) -> dict[tuple[int, int], str]:
+    """Parse `sacct -X -n -P -o JobID,State` of array jobs: (array job id, task) → state.
+
+    A pending range (`ID_[2-9]`) gives one entry per task. Lines of jobs that are no array
+    task are skipped. A state like `CANCELLED by 0` becomes `CANCELLED`.
+
+    Raises
+    ------
+    UnreadableOutputError
+        For a line without a `|`.
+    """
+    states = {}
+    for line in map(str.strip, text.splitlines()):
+        if line == "":
+            continue
+        field, bar, state = line.partition("|")
+        if bar == "":
+            raise UnreadableOutputError(line)
+        tasks = array_tasks(field)
+        if tasks is None:
+            continue
+        state = state.split("|")[0].split()[0] if state.strip() else "UNKNOWN"
+        for index in tasks[1]:
+            states[tasks[0], index] = state
+    return states
 
 
 def parse_requeue_codes(config: str) -> frozenset[int] | None:

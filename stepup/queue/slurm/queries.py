@@ -17,11 +17,14 @@ from .parsers import (
     SUBMISSION_FIELDS,
     SUBMISSION_FORMAT,
     Listing,
+    array_tasks,
     last_run,
+    parse_array_states,
     parse_cluster_name,
     parse_job_records,
     parse_job_runs,
     parse_key_values,
+    parse_max_array_size,
     parse_requeue_codes,
     parse_squeue,
     readable,
@@ -32,8 +35,10 @@ __all__ = (
     "HISTORY_FIELDS",
     "USAGE_FIELDS",
     "accounted_submissions",
+    "array_states",
     "default_cluster_name",
     "listed_submissions",
+    "max_array_size",
     "query_jobs",
     "requeue_exit_codes",
     "sacct_query",
@@ -243,8 +248,13 @@ def requeue_exit_codes(cluster: str | None, timeout: float) -> frozenset[int] | 
     return parse_requeue_codes(result.stdout) if result.returncode == 0 else None
 
 
-def listed_submissions(cluster: str | None, timeout: float) -> dict[int, dict[str, str]] | None:
+def listed_submissions(
+    cluster: str | None, timeout: float, arrays: bool = False
+) -> dict[int, dict[str, str]] | None:
     """Every job of the user that slurmctld still holds, in the fields `SUBMISSION_FIELDS`.
+
+    With `arrays`, an array job is listed under its array job id (its tasks are left out
+    otherwise).
 
     Returns
     -------
@@ -252,7 +262,8 @@ def listed_submissions(cluster: str | None, timeout: float) -> dict[int, dict[st
         Job id → {field: value}, with an empty `Comment` for a job without one; `None` when
         squeue did not answer or printed something unreadable.
     """
-    args = ["squeue", *cluster_args(cluster), "--me", "-t", "all", "-h", "-o", SUBMISSION_FORMAT]
+    form = SUBMISSION_FORMAT.replace("%i", "%F") if arrays else SUBMISSION_FORMAT
+    args = ["squeue", *cluster_args(cluster), "--me", "-t", "all", "-h", "-o", form]
     result = run_command(args, timeout=timeout)
     if result.returncode != 0:
         return None
@@ -264,9 +275,11 @@ def listed_submissions(cluster: str | None, timeout: float) -> dict[int, dict[st
 
 
 def accounted_submissions(
-    cluster: str | None, since: datetime, timeout: float
+    cluster: str | None, since: datetime, timeout: float, arrays: bool = False
 ) -> dict[int, dict[str, str]] | None:
     """The user's jobs that the accounting knows, submitted since `since` (minus CLOCK_SLACK).
+
+    With `arrays`, the array jobs alone, each under its array job id.
 
     Returns
     -------
@@ -277,7 +290,42 @@ def accounted_submissions(
     """
     start = (since - CLOCK_SLACK).strftime("%Y-%m-%dT%H:%M:%S")
     args = ["sacct", *cluster_args(cluster), "-X", "-n", "-P", "-S", start]
-    result = run_command([*args, "-o", ",".join(SUBMISSION_FIELDS)], timeout=timeout)
+    fields = ("JobID", *SUBMISSION_FIELDS[1:]) if arrays else SUBMISSION_FIELDS
+    result = run_command([*args, "-o", ",".join(fields)], timeout=timeout)
     if result.returncode != 0:
         return None if is_transient(result) else {}
-    return readable(parse_job_records, result.stdout)
+    text = result.stdout
+    if arrays:
+        # `ID_N|...` and `ID_[N-M]|...` as `ID|...`; other jobs are left out.
+        text = "".join(
+            f"{tasks[0]}|{rest}\n"
+            for field, _, rest in (line.partition("|") for line in text.splitlines())
+            if (tasks := array_tasks(field)) is not None
+        )
+    return readable(parse_job_records, text)
+
+
+def array_states(
+    array_ids: Iterable[int], cluster: str | None, timeout: float
+) -> dict[tuple[int, int], str] | None:
+    """The state of every task of some array jobs in SLURM's accounting (`sacct`).
+
+    Returns
+    -------
+    states
+        (array job id, task index) → state; `None` when sacct failed or printed something
+        unreadable.
+    """
+    ids = ",".join(map(str, sorted(array_ids)))
+    args = ["sacct", *cluster_args(cluster), "-X", "-n", "-P", "-a", "-j", ids, "-o", "JobID,State"]
+    result = run_command(args, timeout=timeout)
+    if result.returncode != 0:
+        return None
+    return readable(parse_array_states, result.stdout)
+
+
+def max_array_size(cluster: str | None, timeout: float) -> int | None:
+    """SLURM's MaxArraySize: the task indices of an array must be below it; `None` when
+    scontrol did not tell."""
+    result = show_config(cluster, timeout)
+    return parse_max_array_size(result.stdout) if result.returncode == 0 else None
