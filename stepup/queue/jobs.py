@@ -91,6 +91,7 @@ def _summary(rows: list[JobRow]) -> dict:
             {
                 "folder": row.folder,
                 "job_id": row.job_id,
+                "task": row.task,
                 "kind": advice.kind,
                 "option": advice.option,
                 "message": advice.message,
@@ -112,7 +113,7 @@ def _percent(fraction: float | None) -> str:
 
 
 def _cells(row: JobRow, now: datetime, efficiency: bool) -> list[str]:
-    cells = [row.folder, str(row.job_id), row.cluster or "", row.state, row.detail()]
+    cells = [row.folder, row.name, row.cluster or "", row.state, row.detail()]
     usage = row.usage
     if not efficiency:
         cells += [_format_time(row.submitted, now), format_duration(row.queued)]
