@@ -53,7 +53,11 @@ NOT_ON_PAGE = {
     "Could not cancel old array tasks:": _ARRAY_DOCS,
     "Could not submit a job array": _ARRAY_DOCS,
     "Cannot read the manifest VAR of an": _ARRAY_DOCS,
-    "Expected 'ID' or 'ID;CLUSTER' (of an": _ARRAY_DOCS,
+    "Expected 'ID' or 'ID;CLUSTER', got VAR (of": _ARRAY_DOCS,
+    "records array task VAR, but neither squeue": _ARRAY_DOCS,
+    "Array job VAR pends with SLURM's reason": _ARRAY_DOCS,
+    "Tasks of array job VAR pend with": _ARRAY_DOCS,
+    "The interrupted submission of VAR reached SLURM": _ARRAY_DOCS,
 }
 # Builtin exceptions whose messages reach the user (the step prints `Error: <message>`).
 BUILTIN_ERRORS = {"ValueError", "RuntimeError"}
