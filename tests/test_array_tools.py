@@ -6,6 +6,7 @@ import subprocess
 
 from conftest import FAILED_RC, table, wait_for, write_log
 from test_arrays import FAIL_ONCE_SCRIPT, HELD_SCRIPT, OK_SCRIPT, array_plan
+from test_jobs import count_sacct
 
 from stepup.queue.joblog import read_log
 
@@ -157,9 +158,13 @@ def test_array_tools(workflow, jobtools):
         if proc.poll() is None:
             workflow.kill(proc)
 
-    # Once squeue forgets the tasks, sacct tells their states and exit codes.
+    # Once squeue forgets the tasks, sacct tells their states and exit codes: still one squeue
+    # and one sacct call, whatever the number of tasks.
     wait_for(lambda: names["a"] not in task_states(array_id), 120, "squeue to forget task a")
+    count_sacct(jobtools)
+    jobtools.reset_calls()
     rows = jobs_json(jobtools)
+    assert len(jobtools.calls("squeue")) == len(jobtools.calls("sacct")) == 1
     assert (rows["a"]["state"], rows["a"]["source"], rows["a"]["exit_code"]) == (
         "COMPLETED",
         "sacct",
@@ -174,3 +179,8 @@ def test_array_tools(workflow, jobtools):
         kept.stdout
     )
     assert actions["x"]["ACTION"] == "keep", kept.stdout
+
+    # The timeline draws the tasks as jobs.
+    drawn = jobtools.run("jobs", "--timeline", "tasks.svg", ".")
+    assert drawn.returncode == 0, drawn.stdout + drawn.stderr
+    assert b"<svg" in (root / "tasks.svg").read_bytes()[:1000]

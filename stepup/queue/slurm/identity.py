@@ -111,7 +111,8 @@ def why_not_array_task(
         return f"SLURM's array of task {name} carries no token of StepUp Queue: not its task"
     if linked is not None:
         if linked != os.path.realpath(folder):
-            return f"SLURM's task {name} is that of {os.path.relpath(linked)}"
+            shown = os.path.relpath(linked)
+            return f"SLURM's task {name} is that of {linked if shown.startswith('..') else shown}"
         return None
     if not ended:
         return f"SLURM's task {name} cannot be tied to this folder (no link of its array)"
