@@ -141,11 +141,13 @@ def test_table_and_json_match_sacct(jobtools: JobTools):
     assert "./corrupt/slurmjob.log" in document["errors"][0]
     jobs = document["jobs"]
     assert [job["folder"] for job in jobs] == sorted(ids)
-    fields = ["folder", "job_id", "cluster", "state", "source", "reason", "exit_code", "signal"]
-    fields += ["submitted", "started", "ended", "queued_seconds", "ran_seconds", "efficiency"]
+    fields = ["folder", "job_id", "task", "cluster", "state", "source", "reason", "exit_code"]
+    fields += ["signal", "submitted", "started", "ended", "queued_seconds", "ran_seconds"]
+    fields += ["efficiency"]
     fields += ["attempts"]
     for job in jobs:
         assert list(job) == fields
+        assert job["task"] is None
         assert job["cluster"] is None
         assert job["attempts"] == []
         record = records[job["job_id"]]

@@ -14,7 +14,13 @@ from conftest import (
 from path import Path
 
 from stepup.queue.config import Config
-from stepup.queue.slurm.identity import find_by_token, match_submission, why_not_logged_job
+from stepup.queue.slurm.identity import (
+    ARRAY_LINKS,
+    find_by_token,
+    match_submission,
+    why_not_array_task,
+    why_not_logged_job,
+)
 from stepup.queue.slurm.parsers import CLOCK_SLACK, last_run, parse_job_records, parse_job_runs
 from stepup.queue.slurm.queries import ACCOUNT_FIELDS
 
@@ -114,3 +120,58 @@ def test_why_not_logged_job():
     assert why_not_logged_job(307, record, "/elsewhere", logged) == (
         "SLURM's job 307 ran in /tmp/rq: the id was reused"
     )
+
+
+# why_not_array_task: an array task is a folder's when its array's task link points to it
+
+TOKEN = "stepup-queue-0123456789abcdef"
+
+
+def array_links(tmp_path, folders: list[str]) -> Path:
+    """A plan folder whose step `sweep` submitted `folders` as tasks 0, 1, ... (TOKEN)."""
+    root = Path(tmp_path)
+    links = root / ARRAY_LINKS / "sweep" / TOKEN
+    links.makedirs_p()
+    for index, folder in enumerate(folders):
+        (root / folder).makedirs_p()
+        (root / folder).symlink(links / str(index))
+    return root
+
+
+def task_check(root: Path, folder: str, index: int, token: str | None = TOKEN, **kwargs):
+    options = {"ended": False, "first_submit": None, "submitted": None} | kwargs
+    return why_not_array_task(
+        f"77_{index}", str(root), token, index=index, folder=root / folder, **options
+    )
+
+
+def test_array_task_told_by_its_link(tmp_path, monkeypatch):
+    root = array_links(tmp_path, ["a", "b"])
+    monkeypatch.chdir(root)
+    assert task_check(root, "a", 0) is None
+    assert task_check(root, "b", 1) is None
+    # Another folder's task of the same array, a task index without link.
+    assert "is that of b" in task_check(root, "a", 1)
+    assert "has no task 5 link" in task_check(root, "a", 5)
+
+
+def test_array_task_of_another_array(tmp_path):
+    root = array_links(tmp_path, ["a"])
+    # An array that StepUp Queue did not submit (no token), or whose links are unknown.
+    assert "no token" in task_check(root, "a", 0, token="")
+    assert "no token" in task_check(root, "a", 0, token="my comment")
+    other = "stepup-queue-ffffffffffffffff"
+    assert "cannot be tied" in task_check(root, "a", 0, token=other)
+    assert "cannot be tied" in task_check(root, "a", 0, token=None)
+
+
+def test_ended_array_task_without_links(tmp_path):
+    """Once its step removed the links, an ended task is checked for reused ids only."""
+    root = Path(tmp_path)
+    (root / "a").makedirs_p()
+    logged = datetime(2026, 1, 2, 12)
+    assert task_check(root, "a", 0, token=None, ended=True) is None
+    early = {"first_submit": "2026-01-02T11:59:59", "submitted": logged, "ended": True}
+    assert task_check(root, "a", 0, token=None, **early) is None
+    late = {"first_submit": "2026-01-02T13:00:00", "submitted": logged, "ended": True}
+    assert "the id was reused" in task_check(root, "a", 0, token=None, **late)

@@ -14,7 +14,7 @@ from stepup.queue.joblog import read_log
 from stepup.queue.jobrows import JobRow, job_rows
 from stepup.queue.jobs import jobs_tool
 from stepup.queue.jobsearch import search_jobs
-from stepup.queue.timeline import PLOT_HINT, draw_timeline
+from stepup.queue.timeline import PLOT_HINT, draw_timeline, timeline_bars
 
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF-", ".svg": b"<?xml"}
 
@@ -203,3 +203,10 @@ def test_short_and_zero_length_jobs(tmp_path):
     assert zero.get_width() == 0
     assert zero.get_linewidth() > 0
     assert tuple(zero.get_edgecolor()) == tuple(zero.get_facecolor())
+
+
+def test_array_tasks_drawn_as_jobs():
+    rows = synthetic_rows(2)
+    rows[1].task = 3
+    bars = timeline_bars(rows, datetime(2026, 1, 2))
+    assert [bar.job for bar in bars] == ["1000", "1001_3"]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from .found_job import FoundJob
 from .jobsearch import search_jobs
-from .slurm.control import MAX_SCANCEL_IDS, cancel
+from .slurm.control import MAX_SCANCEL_IDS, cancel, id_order
 from .toolcli import add_search_arguments, add_tool, print_actions
 
 __all__ = ("canceljobs_subcommand", "canceljobs_tool", "sq_cancel_jobs")
@@ -20,7 +20,10 @@ Cancel the SLURM jobs of a workflow. Each PATH is searched recursively for slurm
 each log gives a job id (and cluster). SLURM is asked (one squeue call per cluster) which of
 these jobs are still pending or running in their own folder, and those are cancelled with
 scancel, at most 100 job ids per call, whatever their logs say. A job id that SLURM gives to a
-job in another folder (ids are reused) is never cancelled. When SLURM cannot be asked, the logs
+job in another folder (ids are reused) is never cancelled. The folder of an array task
+(sbatch_array) records ID_N: that task alone is cancelled, and only when squeue lists it with
+the token of its array, whose task link (.stepup-queue/arrays/NAME/TOKEN/N in the folder of the
+plan) points to this folder. When SLURM cannot be asked, the logs
 decide: jobs whose log records a final state (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...) or
 whose slurmjob.ret holds an exit code are then left alone unless --all is given. This tool never
 deletes or edits files: cleaning up the job folders afterwards is your choice (see `stepup
@@ -86,6 +89,9 @@ def _decide(job: FoundJob, cancel_all: bool) -> tuple[bool, str]:
     """
     if job.why_not_ours is not None:
         return False, job.why_not_ours
+    if job.log.task is not None and job.live is None and job.active is not False:
+        # The identity of an array task is told by squeue's comment (see `why_not_ours`).
+        return False, "squeue does not list this task: nothing ties it to this folder, not touched"
     if job.active is False:
         # scancel cannot stop a job that SLURM no longer runs, whatever the log says.
         if job.live is None:
@@ -104,6 +110,12 @@ def _decide(job: FoundJob, cancel_all: bool) -> tuple[bool, str]:
     return True, "SLURM not asked: going by the log"
 
 
+def _scancel_id(job: FoundJob) -> int | str:
+    """What scancel is given for a job: its id, or `ID_N` for an array task (only that task is
+    cancelled, not the tasks of other folders)."""
+    return job.job_id if job.log.task is None else job.name
+
+
 def canceljobs_tool(args: argparse.Namespace) -> int:
     """Cancel the jobs found below `args.paths`; return the exit status."""
     search = search_jobs(args.paths)
@@ -111,17 +123,19 @@ def canceljobs_tool(args: argparse.Namespace) -> int:
         return 2
 
     decisions = [(job, *_decide(job, args.all)) for job in search.jobs]
-    by_cluster: dict[str | None, set[int]] = {}
+    # Per cluster, the job ids and the array tasks (`ID_N`, see `_scancel_id`) to cancel:
+    # all in the same scancel calls, at most MAX_SCANCEL_IDS each.
+    by_cluster: dict[str | None, set[int | str]] = {}
     for job, selected, _ in decisions:
         if selected:
-            by_cluster.setdefault(job.cluster, set()).add(job.job_id)
+            by_cluster.setdefault(job.cluster, set()).add(_scancel_id(job))
 
-    # (cluster, job id) pairs whose scancel call failed.
-    failed_ids: set[tuple[str | None, int]] = set()
+    # (cluster, scancel id) pairs whose scancel call failed.
+    failed_ids: set[tuple[str | None, int | str]] = set()
     ncall = 0
     if not args.dry_run:
         for cluster, ids in by_cluster.items():
-            ordered = sorted(ids)
+            ordered = sorted(ids, key=id_order)
             results = cancel(ordered, cluster, search.timeout)
             ncall += len(results)
             for start, result in zip(range(0, len(ordered), MAX_SCANCEL_IDS), results, strict=True):
@@ -140,7 +154,7 @@ def canceljobs_tool(args: argparse.Namespace) -> int:
         elif args.dry_run:
             action = "would cancel"
             counts["cancelled"] += 1
-        elif (job.cluster, job.job_id) in failed_ids:
+        elif (job.cluster, _scancel_id(job)) in failed_ids:
             action = "error"
             note = "scancel failed"
             counts["failed"] += 1

@@ -9,9 +9,15 @@ from datetime import datetime
 
 from path import Path
 
+from .arraymanifest import read_manifest
 from .efficiency import Usage
 from .joblog import JobLog
-from .slurm.identity import foreign_workdir, why_not_logged_job
+from .slurm.identity import (
+    array_task_folder,
+    foreign_workdir,
+    why_not_array_task,
+    why_not_logged_job,
+)
 from .states import FAILED_STATES, FINAL_STATES
 
 __all__ = ("FoundJob",)
@@ -50,7 +56,11 @@ class FoundJob:
         What the run of `history` asked for and used (CPU, memory, time), from the lines of
         the job steps in the same sacct call; `None` without `history`.
     workdir
-        The folder in which squeue lists the job, `None` when it is not listed.
+        The folder in which squeue lists the job, `None` when it is not listed. Of an array
+        task: the work directory of its array, the folder of the plan that submitted it.
+    token
+        Of an array task that squeue lists: its array's comment (the submission token), which
+        with `workdir` tells the task's folder (see `why_not_ours`); else `None`.
     orphan
         True for a live job of StepUp Queue found without a log in its folder; `log` then
         holds only its job id and cluster.
@@ -67,6 +77,7 @@ class FoundJob:
     history: dict[str, str] | None = None
     usage: Usage | None = None
     workdir: str | None = None
+    token: str | None = None
     orphan: bool = False
 
     @property
@@ -77,6 +88,16 @@ class FoundJob:
     @property
     def job_id(self) -> int | None:
         return self.log.job_id if self.log.job_id is not None else self.token_id
+
+    @property
+    def name(self) -> str:
+        """The job as SLURM names it: `ID`, or `ID_N` for an array task."""
+        return self.log.job_name or str(self.job_id)
+
+    @property
+    def sacct_id(self) -> int | str | None:
+        """The job id to ask sacct about: the job id, or `ID_N` for an array task."""
+        return self.job_id if self.log.task is None else self.log.job_name
 
     @property
     def cluster(self) -> str | None:
@@ -118,6 +139,8 @@ class FoundJob:
         Job ids are reused (e.g. after a reinstall of SLURM), and a folder may hold the log of
         another user's job: such a job is never cancelled and its files are never removed.
         """
+        if self.log.task is not None:
+            return self._why_task_not_ours()
         if self.live is not None:
             # squeue lists the user's own jobs only: the folder tells whether it is this one.
             why = foreign_workdir(self.job_id, self.workdir or "", self.log.path.parent)
@@ -129,6 +152,37 @@ class FoundJob:
             why = why_not_logged_job(
                 self.job_id, self.account, self.log.path.parent, self.log.submitted_time
             )
+        return None if why is None else f"{why}, not touched"
+
+    def _why_task_not_ours(self) -> str | None:
+        """`why_not_ours` of an array task: its array's token and work directory lead to the
+        symlink of task N, which must point to this folder (see `why_not_array_task`)."""
+        if self.live is not None:
+            # squeue shows the comment of every job: an array without one is no array of ours.
+            workdir, token, state, first = self.workdir or "", self.token or "", self.live, None
+        elif self.account is not None or self.history is not None:
+            record = self.account or self.history
+            if record["User"] != getpass.getuser():
+                return f"task of user {record['User']}: not touched"
+            # The accounting keeps no comment by default: the token is not asked of it.
+            workdir, token, state = record["WorkDir"], None, record["State"]
+            first = record.get("FirstSubmit", record["Submit"])
+        else:
+            return None
+        why = why_not_array_task(
+            self.name,
+            workdir,
+            token,
+            index=self.log.task,
+            folder=self.log.path.parent,
+            ended=state in FINAL_STATES,
+            first_submit=first,
+            submitted=self.log.submitted_time,
+        )
+        if why is None and not (token and array_task_folder(workdir, token, self.log.task)):
+            # An ended task whose link is gone (its step removed the links): at least its
+            # array's work directory must hold the manifest of a step that lists this folder.
+            why = _unplanned(self.name, workdir, self.log.path.parent)
         return None if why is None else f"{why}, not touched"
 
     @property
@@ -167,3 +221,19 @@ class FoundJob:
         elif isinstance(self.ret, str):
             words.append("exit=?")
         return " ".join(words)
+
+
+def _unplanned(name: str, workdir: str, folder: str) -> str | None:
+    """Why an array task that ran in `workdir` cannot be the task of `folder`: no manifest of
+    an sbatch_array() step there (`NAME.json` next to plan.py) lists the folder."""
+    if workdir == "":
+        return None
+    real = os.path.realpath(folder)
+    for path in Path(workdir).glob("*.json"):
+        try:
+            manifest = read_manifest(path)
+        except ValueError:
+            continue
+        if any(os.path.realpath(Path(workdir) / other) == real for other in manifest.folders):
+            return None
+    return f"SLURM's task {name} ran from {workdir}, whose sbatch_array() steps list no {folder}"

@@ -34,7 +34,7 @@ class JobRow:
     folder
         The job folder, as found below the PATH arguments.
     job_id
-        SLURM's job id.
+        SLURM's job id; of an array task (`sbatch_array`), the array job id.
     cluster
         The cluster of the `Submitted` record, `None` for the default cluster.
     state
@@ -60,6 +60,8 @@ class JobRow:
     attempts
         The earlier attempts of the job, submitted again after an infrastructure failure
         (see `attempts`): job id and last logged state of each, oldest first.
+    task
+        The index of an array task (its job is `ID_N`), `None` for a single job.
     """
 
     folder: str
@@ -77,6 +79,12 @@ class JobRow:
     ran: float | None
     usage: Usage | None = None
     attempts: Attempts = ()
+    task: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The job as SLURM names it: `ID`, or `ID_N` for an array task."""
+        return str(self.job_id) if self.task is None else f"{self.job_id}_{self.task}"
 
     @property
     def has_ended(self) -> bool:
@@ -98,7 +106,11 @@ class JobRow:
         return detail
 
     def to_json(self) -> dict:
-        """The row with the documented, stable field names of `stepup jobs --json`."""
+        """The row with the documented, stable field names of `stepup jobs --json`.
+
+        `job_id` stays a number for every row; an array task has its index in `task` (`null`
+        for a single job), so that its job is `f"{job_id}_{task}"` as SLURM names it.
+        """
 
         def stamp(time: datetime | None) -> str | None:
             return None if time is None else time.isoformat(timespec="seconds")
@@ -106,6 +118,7 @@ class JobRow:
         return {
             "folder": self.folder,
             "job_id": self.job_id,
+            "task": self.task,
             "cluster": self.cluster,
             "state": self.state,
             "source": self.source,
@@ -203,6 +216,7 @@ def job_row(job: FoundJob, now: datetime, known: KnownAttempts | None = None) ->
         ran=None if ran is None else max(ran.total_seconds(), 0.0),
         usage=job.usage if ended_state and record is not None else None,
         attempts=_attempts(job, known),
+        task=job.log.task,
     )
 
 
@@ -238,6 +252,6 @@ def _attempts(job: FoundJob, known: KnownAttempts | None) -> Attempts:
 
 
 def job_rows(search: JobSearch, now: datetime, known: KnownAttempts | None = None) -> list[JobRow]:
-    """The rows of the jobs found, sorted by folder (then job id); see `job_row`."""
+    """The rows of the jobs found, sorted by folder (then job id and task); see `job_row`."""
     rows = [job_row(job, now, known) for job in search.jobs]
-    return sorted(rows, key=lambda row: (row.folder, row.job_id))
+    return sorted(rows, key=lambda row: (row.folder, row.job_id, row.task or 0))

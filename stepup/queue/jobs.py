@@ -41,8 +41,9 @@ the total queue and run time, and the #SBATCH lines to change for ended jobs tha
 25% of their CPUs or memory or over 90% of their time limit. Each PATH is searched recursively
 for slurmjob.log files, as by `stepup canceljobs`. The state is SLURM's (squeue, then sacct),
 else the log's last state, else what slurmjob.ret says. SLURM is asked with one squeue and one
-sacct call per cluster; when it cannot be asked, the rows show what the logs know. This tool
-changes nothing."""
+sacct call per cluster; when it cannot be asked, the rows show what the logs know. Each folder
+of an sbatch_array() step has a row of its own: its job is its array task, ID_N (in JSON: job_id
+is the array job id and task the index N, null for a single job). This tool changes nothing."""
 
 _JSON_HELP = (
     "Print the rows as JSON (an object with the keys jobs, summary, unreachable and errors; "
@@ -91,6 +92,7 @@ def _summary(rows: list[JobRow]) -> dict:
             {
                 "folder": row.folder,
                 "job_id": row.job_id,
+                "task": row.task,
                 "kind": advice.kind,
                 "option": advice.option,
                 "message": advice.message,
@@ -112,7 +114,7 @@ def _percent(fraction: float | None) -> str:
 
 
 def _cells(row: JobRow, now: datetime, efficiency: bool) -> list[str]:
-    cells = [row.folder, str(row.job_id), row.cluster or "", row.state, row.detail()]
+    cells = [row.folder, row.name, row.cluster or "", row.state, row.detail()]
     usage = row.usage
     if not efficiency:
         cells += [_format_time(row.submitted, now), format_duration(row.queued)]

@@ -22,7 +22,7 @@ from .joblog import LOG_NAME, JobLog, JobLogError, find_logs, is_token, read_log
 from .slurm.cache import Snapshot
 from .slurm.commands import run_command
 from .slurm.parsers import Listing, UnreadableOutputError, parse_squeue
-from .slurm.queries import HISTORY_FIELDS, sacct_query, squeue_command
+from .slurm.queries import HISTORY_FIELDS, sacct_query, squeue_command, task_records
 from .states import FINAL_STATES
 from .wrapper import read_ret
 
@@ -109,9 +109,9 @@ def find_jobs(paths: Iterable[str | Path]) -> tuple[list[FoundJob], list[str]]:
 
 # How `stepup jobs --watch` reads the shared scheduler cache: cluster → SLURM's answer.
 SnapshotOf = Callable[[str | None], Snapshot]
-# What sacct said of each job in an earlier look: (cluster, job id) → (squeue's state then,
-# the `history` record, its `usage`).
-Remembered = dict[tuple[str | None, int], tuple[str | None, dict[str, str], Usage | None]]
+# What sacct said of each job in an earlier look: (cluster, job id, or `ID_N` of an array
+# task) → (squeue's state then, the `history` record, its `usage`).
+Remembered = dict[tuple[str | None, int | str], tuple[str | None, dict[str, str], Usage | None]]
 
 
 def ask_slurm(
@@ -178,49 +178,78 @@ def ask_slurm(
             if job.log.job_id is None:
                 job.token_id = by_token.get(job.log.token)
             if job.log.task is not None:
-                # An array task (sbatch_array) runs in the folder of plan.py, not in its own:
-                # the log's task, not the folder, tells it. The accounting is not asked: its
-                # records are per task (the tools of issue 17 show them; here the log decides).
+                # An array task (sbatch_array): squeue lists its state on a line of its own,
+                # and the reason, comment (token) and work directory under the array job id.
                 job.live = listing.tasks.get((job.log.job_id, job.log.task))
-                continue
-            job.live = listing.states.get(job.job_id)
-            job.reason = listing.reasons.get(job.job_id) or None
-            job.workdir = listing.workdirs.get(job.job_id)
+                if job.live is not None:
+                    job.token = listing.comments.get(job.job_id)
+            else:
+                job.live = listing.states.get(job.job_id)
+            if job.live is not None:
+                # The reason of an array job is that of its pending tasks.
+                pending = job.log.task is None or job.live == "PENDING"
+                job.reason = (listing.reasons.get(job.job_id) or None) if pending else None
+                job.workdir = listing.workdirs.get(job.job_id)
         # squeue lists only the user's own jobs that slurmctld still holds: the others are
-        # looked up in the accounting database, all in one call.
-        single = [job for job in cluster_jobs if job.log.task is None]
-        unlisted = [job for job in single if job.job_id is not None and job.live is None]
-        wanted = [job for job in single if job.job_id is not None] if history else unlisted
-        records: dict[int, dict[str, str]] = {}
-        usage: dict[tuple[int, str], Usage] = {}
+        # looked up in the accounting database, all in one call (array tasks as `ID_N`).
+        unlisted = [job for job in cluster_jobs if job.job_id is not None and job.live is None]
+        wanted = [job for job in cluster_jobs if job.job_id is not None] if history else unlisted
+        # (sacct id) → record and usage: the sacct id is the job id, or `ID_N` of a task.
+        records: dict[int | str, dict[str, str]] = {}
+        usage: dict[int | str, Usage | None] = {}
         if history and remembered is not None:
             for job in wanted:
-                old = remembered.get((cluster, job.job_id))
+                old = remembered.get((cluster, job.sacct_id))
                 # Asked again: a job that ended since, or that squeue no longer lists.
                 unchanged = job.live is not None and job.live not in FINAL_STATES
                 if old is not None and (
                     old[1]["State"] in FINAL_STATES or (unchanged and old[0] == job.live)
                 ):
-                    records[job.job_id] = old[1]
-                    usage[job.job_id, old[1]["Submit"]] = old[2]
-            wanted = [job for job in wanted if job.job_id not in records]
+                    records[job.sacct_id] = old[1]
+                    usage[job.sacct_id] = old[2]
+            wanted = [job for job in wanted if job.sacct_id not in records]
         if wanted:
-            ids = [job.job_id for job in wanted]
-            # With `history`, the lines of the job steps (their peak memory) come along.
-            found, output = sacct_query(ids, cluster, timeout, HISTORY_FIELDS, steps=history)
-            records.update(found or {})
-            if history:
-                usage.update(usage_by_run(output, HISTORY_FIELDS))
+            _ask_sacct(wanted, cluster, timeout, history=history, records=records, usage=usage)
         for job in unlisted:
-            job.account = records.get(job.job_id)
+            job.account = records.get(job.sacct_id)
         if history:
             for job in cluster_jobs:
-                job.history = records.get(job.job_id)
+                job.history = records.get(job.sacct_id)
                 if job.history is not None:
-                    job.usage = usage.get((job.job_id, job.history["Submit"]))
+                    job.usage = usage.get(job.sacct_id)
                     if remembered is not None:
-                        remembered[cluster, job.job_id] = (job.live, job.history, job.usage)
+                        remembered[cluster, job.sacct_id] = (job.live, job.history, job.usage)
     return unreachable
+
+
+def _ask_sacct(
+    jobs: list[FoundJob],
+    cluster: str | None,
+    timeout: float,
+    *,
+    history: bool,
+    records: dict[int | str, dict[str, str]],
+    usage: dict[int | str, Usage | None],
+):
+    """Ask sacct about the jobs and array tasks in one call; add what it knows to `records`
+    and, with `history`, to `usage` (keyed by `FoundJob.sacct_id`)."""
+    fields = HISTORY_FIELDS
+    if any(job.log.task is not None for job in jobs):
+        # A task's line names it in JobID (`ID_N`); JobIDRaw is the task's own job id.
+        fields = (HISTORY_FIELDS[0], "JobID", *HISTORY_FIELDS[1:])
+    ids = [job.sacct_id for job in jobs]
+    # With `history`, the lines of the job steps (their peak memory) come along.
+    found, output = sacct_query(ids, cluster, timeout, fields, steps=history)
+    singles, tasks = task_records(found or {})
+    by_run = usage_by_run(output, fields) if history else {}
+    for job in jobs:
+        if job.log.task is None:
+            raw, record = job.job_id, singles.get(job.job_id)
+        else:
+            raw, record = tasks.get((job.job_id, job.log.task), (None, None))
+        if record is not None:
+            records[job.sacct_id] = record
+            usage[job.sacct_id] = by_run.get((raw, record["Submit"]))
 
 
 def _listing(

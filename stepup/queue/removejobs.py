@@ -32,10 +32,14 @@ failed are selected: the log or SLURM records a failed end state (FAILED, CANCEL
 NODE_FAIL, OUT_OF_MEMORY, ...), slurmjob.ret holds a non-zero exit code, or the job ended
 without an exit code. With --all, every ended job is selected, also those that succeeded.
 A job that SLURM (asked with one squeue call per cluster) lists as pending or running is never
-selected, and nothing is removed when SLURM cannot be asked. Without --commit, nothing is
-removed: the jobs are only listed. With --commit, slurmjob.log, slurmjob.out, slurmjob.err and
-slurmjob.ret of the selected jobs are removed, and those of earlier attempts (slurmjob.log.N,
-slurmjob.out.N, slurmjob.err.N), nothing else (never the job script)."""
+selected, and nothing is removed when SLURM cannot be asked. The folder of an array task
+(sbatch_array, logged as ID_N) is selected only when the task is the folder's: SLURM's token of
+its array leads to the task link that points to the folder, or, once the step removed its links,
+the task ran from a plan folder whose sbatch_array() manifest lists the folder.
+Without --commit, nothing is removed: the jobs are only listed. With --commit, slurmjob.log,
+slurmjob.out, slurmjob.err and slurmjob.ret of the selected jobs are removed, and those of
+earlier attempts (slurmjob.log.N, slurmjob.out.N, slurmjob.err.N), nothing else (never the job
+script)."""
 
 
 def removejobs_subcommand(subparsers: argparse._SubParsersAction, loader=None) -> Callable:

@@ -56,8 +56,8 @@ class Bar:
     ----------
     folder
         The label on the y axis.
-    job_id
-        SLURM's job id.
+    job
+        The job as SLURM names it: `ID`, or `ID_N` for an array task (drawn like a job).
     state
         The job's state, which sets the bar's color.
     submitted
@@ -69,7 +69,7 @@ class Bar:
     """
 
     folder: str
-    job_id: int
+    job: str
     state: str
     submitted: datetime
     started: datetime | None
@@ -113,7 +113,7 @@ def timeline_bars(rows: list[JobRow], now: datetime) -> list[Bar]:
         end = row.ended if row.ended is not None else (None if row.has_ended else now)
         if end is None:
             end = row.started or row.submitted
-        bars.append(Bar(row.folder, row.job_id, row.state, row.submitted, row.started, end))
+        bars.append(Bar(row.folder, row.name, row.state, row.submitted, row.started, end))
     return bars
 
 

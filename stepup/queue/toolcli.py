@@ -72,7 +72,7 @@ def print_actions(rows: list[tuple[str, FoundJob, str]]):
     cells = [
         [
             action,
-            str(job.job_id),
+            job.name,
             job.cluster or "",
             job.slurm_column(),
             job.log_column(),

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 
 from .commands import CommandResult, cluster_args, run_command
 
-__all__ = ("MAX_SCANCEL_IDS", "cancel", "environment_after_rc", "submit")
+__all__ = ("MAX_SCANCEL_IDS", "cancel", "environment_after_rc", "id_order", "submit")
 
 MAX_SCANCEL_IDS = 100
 
@@ -86,15 +86,24 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[start : start + size]
 
 
-def cancel(job_ids: Iterable[int], cluster: str | None, timeout: float) -> list[CommandResult]:
-    """Cancel jobs with scancel, at most 100 job ids per call.
+def id_order(job_id: int | str) -> tuple[bool, int | str]:
+    """The order in which `cancel` passes ids to scancel: job ids, then array tasks (`ID_N`)."""
+    return isinstance(job_id, str), job_id
+
+
+def cancel(
+    job_ids: Iterable[int | str], cluster: str | None, timeout: float
+) -> list[CommandResult]:
+    """Cancel jobs with scancel, at most 100 job ids per call, in the order of `id_order`.
+
+    Array tasks are named `ID_N` (scancel cancels that task alone).
 
     Returns
     -------
     results
         One result per scancel call.
     """
-    ids = sorted(job_ids)
+    ids = sorted(job_ids, key=id_order)
     return [
         run_command(["scancel", *cluster_args(cluster), *map(str, chunk)], timeout=timeout)
         for chunk in _chunks(ids, MAX_SCANCEL_IDS)

@@ -7,12 +7,29 @@ it is the folder's; every mismatch is reported, never acted on.
 """
 
 import os
+import re
 from datetime import datetime
+
+from path import Path
 
 from .parsers import CLOCK_SLACK, parse_time
 from .queries import accounted_submissions, listed_submissions
 
-__all__ = ("find_by_token", "foreign_workdir", "match_submission", "why_not_logged_job")
+__all__ = (
+    "ARRAY_LINKS",
+    "array_task_folder",
+    "find_by_token",
+    "foreign_workdir",
+    "match_submission",
+    "why_not_array_task",
+    "why_not_logged_job",
+)
+
+# Below the work directory of an array (the folder of plan.py): per step name and token, the
+# symlink `N` of task N points to its job folder (written by `arrayjob` before sbatch).
+ARRAY_LINKS = ".stepup-queue/arrays"
+# The comment of a job submitted by StepUp Queue (`joblog.is_token`, a layer above).
+_RE_TOKEN = re.compile(r"stepup-queue-[0-9a-f]{16}")
 
 
 def foreign_workdir(job_id: int, workdir: str, folder: str) -> str | None:
@@ -25,6 +42,86 @@ def foreign_workdir(job_id: int, workdir: str, folder: str) -> str | None:
     """
     if workdir != "" and os.path.realpath(workdir) != os.path.realpath(folder):
         return f"SLURM's job {job_id} ran in {workdir}: the id was reused"
+    return None
+
+
+def array_task_folder(workdir: str, token: str, index: int) -> str | None:
+    """The job folder (real path) of task `index` of the array with this token and work
+    directory, from its symlink `WORKDIR/ARRAY_LINKS/NAME/TOKEN/N`; `None` when no such link
+    exists (e.g. removed once every task of its step ended)."""
+    for link in (Path(workdir) / ARRAY_LINKS).glob(f"*/{token}/{index}"):
+        if link.islink():
+            return os.path.realpath(link)
+    return None
+
+
+def why_not_array_task(
+    name: str,
+    workdir: str,
+    token: str | None,
+    *,
+    index: int,
+    folder: str,
+    ended: bool,
+    first_submit: str | None,
+    submitted: datetime | None,
+) -> str | None:
+    """Tell why SLURM's array task `name` (`ID_N`) is not the task a folder's log records,
+    `None` when it is (or, for an ended task, may be).
+
+    An array task runs with the folder of plan.py as its work directory, not in its own job
+    folder, so the work directory alone cannot tie it to the folder (as `foreign_workdir` does
+    for a single job). The array's comment (its submission token) and work directory lead to
+    the symlink through which SLURM writes the task's output, `WORKDIR/ARRAY_LINKS/NAME/TOKEN/N`,
+    which the submitting step created before sbatch and which points to the folder of task N:
+    the task is the folder's only when that link resolves to the folder. The token is random
+    and written by the submission alone, so a reused array id (another workflow, another user,
+    a reinstalled SLURM) or a log that names another folder's task never matches.
+
+    The links of a step are removed once all its tasks ended, and the accounting stores comments
+    only with `AccountingStoreFlags=job_comment`. Without the link, a task that has not ended is
+    never confirmed (it is not acted on); an ended one is checked as a single job is for reused
+    ids: it must have been submitted no later than the log's `Submitted` record.
+
+    Parameters
+    ----------
+    name
+        The task as SLURM names it, `ID_N`, for messages.
+    workdir
+        SLURM's work directory of the array, empty when unknown.
+    token
+        The array's comment, `None` when unknown.
+    index
+        The task index N.
+    folder
+        The job folder whose log records the task.
+    ended
+        True when SLURM says the task ended.
+    first_submit
+        When SLURM says the task was first submitted (sacct's time), `None` when unknown.
+    submitted
+        When the log's `Submitted` record was written, `None` when unknown.
+    """
+    linked = None
+    if workdir != "" and token is not None and _RE_TOKEN.fullmatch(token):
+        linked = array_task_folder(workdir, token, index)
+        if linked is None and (Path(workdir) / ARRAY_LINKS).glob(f"*/{token}"):
+            return f"SLURM's array {name.partition('_')[0]} ({token}) has no task {index} link"
+    elif workdir != "" and token is not None:
+        return f"SLURM's array of task {name} carries no token of StepUp Queue: not its task"
+    if linked is not None:
+        if linked != os.path.realpath(folder):
+            shown = os.path.relpath(linked)
+            return f"SLURM's task {name} is that of {linked if shown.startswith('..') else shown}"
+        return None
+    if not ended:
+        return f"SLURM's task {name} cannot be tied to this folder (no link of its array)"
+    when = parse_time(first_submit or "")
+    if submitted is not None and when != datetime.min and when > submitted + CLOCK_SLACK:
+        return (
+            f"SLURM's task {name} was submitted at {first_submit}, after the log's Submitted "
+            f"record ({submitted:%Y-%m-%dT%H:%M:%S}): the id was reused"
+        )
     return None
 
 

@@ -46,6 +46,7 @@ __all__ = (
     "show_config",
     "show_records",
     "squeue_command",
+    "task_records",
 )
 
 
@@ -135,7 +136,7 @@ def sacct_records(
 
 
 def sacct_query(
-    job_ids: Iterable[int],
+    job_ids: Iterable[int | str],
     cluster: str | None,
     timeout: float,
     fields: tuple[str, ...],
@@ -144,13 +145,17 @@ def sacct_query(
     """`sacct_records`, and sacct's output, which holds the lines of the job steps (`ID.batch`,
     ...) after the line of their job when `steps` is true: still one call.
 
+    `job_ids` may name array tasks as `ID_N`: their records are keyed by their own raw job id
+    (`JobIDRaw`); ask the field `JobID` too to tell which task each is (see `task_records`).
+
     Returns
     -------
     records, output
         The records as returned by `sacct_records`, and what sacct printed (empty when it
         failed).
     """
-    ids = ",".join(map(str, sorted(job_ids)))
+    # Array tasks as `ID_N` (sacct prints their JobID so, and their own JobIDRaw).
+    ids = ",".join(map(str, sorted(job_ids, key=lambda job: (isinstance(job, str), job))))
     only_jobs = [] if steps else ["-X"]
     args = ["sacct", *cluster_args(cluster), *only_jobs, "-D", "-n", "-P", "-a", "-j", ids]
     result = run_command([*args, "-o", ",".join(fields)], timeout=timeout)
@@ -159,6 +164,30 @@ def sacct_query(
     runs = readable(parse_job_runs, result.stdout, fields)
     records = None if runs is None else {job_id: last_run(rs) for job_id, rs in runs.items()}
     return records, result.stdout
+
+
+def task_records(
+    records: dict[int, dict[str, str]],
+) -> tuple[dict[int, dict[str, str]], dict[tuple[int, int], tuple[int, dict[str, str]]]]:
+    """Split the records of `sacct_query` asked with the field `JobID` into single jobs and array
+    tasks.
+
+    Returns
+    -------
+    jobs, tasks
+        Job id → record of the jobs that are no array task, and (array job id, task index) →
+        (raw job id, record) of the array tasks (a pending range gives one entry per task).
+    """
+    jobs = {}
+    tasks = {}
+    for raw, record in records.items():
+        found = array_tasks(record.get("JobID", ""))
+        if found is None:
+            jobs[raw] = record
+            continue
+        for index in found[1]:
+            tasks[found[0], index] = (raw, record)
+    return jobs, tasks
 
 
 # Successful answers of `scontrol show config`: a step asks for the name of the default cluster
