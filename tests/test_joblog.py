@@ -381,5 +381,5 @@ def test_parse_submitted_task():
     with pytest.raises(ValueError, match="Expected 'ID' or 'ID;CLUSTER'"):
         parse_submitted("12_3")
     for text in ("12_", "_3", "12_3_4"):
-        with pytest.raises(ValueError, match="of an array task"):
+        with pytest.raises(ValueError, match="of an array task: 'ID_N'"):
             parse_submitted_task(text)

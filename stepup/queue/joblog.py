@@ -179,8 +179,8 @@ def parse_submitted_task(text: str) -> tuple[int, int | None, str | None]:
     match = _RE_SUBMITTED.fullmatch(text.strip())
     if match is None:
         raise ValueError(
-            f"Expected 'ID' or 'ID;CLUSTER' (of an array task 'ID_N' or 'ID_N;CLUSTER'), "
-            f"got {text.strip()!r}"
+            f"Expected 'ID' or 'ID;CLUSTER', got {text.strip()!r} (of an array task: 'ID_N' "
+            "or 'ID_N;CLUSTER')"
         )
     task = match.group("task")
     return int(match.group("id")), None if task is None else int(task), match.group("cluster")
