@@ -121,7 +121,11 @@ class Workflow:
                 "static = lambda *paths: _static(*[p for p in paths if not p.endswith('/')]); "
                 "mkdir = lambda path: None\n"
             )
-        header += "from stepup.queue.api import sbatch, sbatch_array\n"
+        # sbatch_array only where it exists: the original releases (test_compat) have none.
+        header += (
+            "import stepup.queue.api as _q; from stepup.queue.api import sbatch; "
+            "sbatch_array = getattr(_q, 'sbatch_array', None)\n"
+        )
         path = self.root / "plan.py"
         path.write_text(header + textwrap.dedent(body))
         path.chmod(0o755)
