@@ -23,9 +23,6 @@ TROUBLESHOOTING = DOCS / "troubleshooting.md"
 KEY_WORDS = 6
 # Keys too short to tell a message (it starts with a placeholder and has few words of its
 # own), or lines that are output rather than messages, with why they need no page entry.
-# The messages of sbatch_array() (issue 17, part 2) get their entries with the docs of job
-# arrays, written separately from the code: until then they are listed here.
-_ARRAY_DOCS = "sbatch_array(): the entry comes with the docs of job arrays (issue 17)"
 NOT_ON_PAGE = {
     "Error:": "the prefix of an exception's message, which has its own entry",
     "Skipped:": "the prefix of a job log's error in the job tools, which has its own entry",
@@ -34,30 +31,6 @@ NOT_ON_PAGE = {
     "rc=": "the debug line of a query (STEPUP_SBATCH_DEBUG), on the page",
     "Warning:": "the prefix of a warning of the configuration, whose text is on the page",
     "(StepUp Queue VAR)": "the answer of --version, not a message",
-    "Error: sbatcharray takes one manifest file,": _ARRAY_DOCS,
-    "sbatch_array() needs at least one job": _ARRAY_DOCS,
-    "sbatch_array() got a job folder more": _ARRAY_DOCS,
-    "sbatch_array(max_running=VAR): use a whole number >= 1.": _ARRAY_DOCS,
-    "sbatch_array(name=VAR) is called twice in this": _ARRAY_DOCS,
-    "sbatch_array(pool=VAR): StepUp 4 has no pools.": _ARRAY_DOCS,
-    "sbatch_array(VAR=...) needs StepUp 4; this is": _ARRAY_DOCS,
-    "of VAR array task(s) succeeded": _ARRAY_DOCS,
-    "Waiting for VAR array task(s) submitted earlier": _ARRAY_DOCS,
-    "The inputs of VAR job folder(s) of": _ARRAY_DOCS,
-    "Inputs of VAR changed: submitting it again": _ARRAY_DOCS,
-    "Submitted array job VAR with VAR task(s)": _ARRAY_DOCS,
-    "records job VAR, a single job, not": _ARRAY_DOCS,
-    "The submission of an array to": _ARRAY_DOCS,
-    "Found the interrupted submission's task VAR_": _ARRAY_DOCS,
-    "Inputs of VAR changed since its job": _ARRAY_DOCS,
-    "Could not cancel old array tasks:": _ARRAY_DOCS,
-    "Could not submit a job array": _ARRAY_DOCS,
-    "Cannot read the manifest VAR of an": _ARRAY_DOCS,
-    "Expected 'ID' or 'ID;CLUSTER', got VAR (of": _ARRAY_DOCS,
-    "records array task VAR, but neither squeue": _ARRAY_DOCS,
-    "Array job VAR pends with SLURM's reason": _ARRAY_DOCS,
-    "Tasks of array job VAR pend with": _ARRAY_DOCS,
-    "The interrupted submission of VAR reached SLURM": _ARRAY_DOCS,
 }
 # Builtin exceptions whose messages reach the user (the step prints `Error: <message>`).
 BUILTIN_ERRORS = {"ValueError", "RuntimeError"}
@@ -280,11 +253,9 @@ def test_commands_documented():
         for command in commands:
             assert f"stepup {command}" in text, (page, command)
         for script in scripts:
-            if script == "sq-sbatch-array":
-                # StepUp runs it, as sq-sbatch-and-wait; it is named on the installation page
-                # with the docs of job arrays (issue 17).
-                continue
-            if script != "sq-sbatch-and-wait" or page == "docs/installation.md":
+            # StepUp runs these two for the steps: only the installation page names them.
+            run_by_stepup = script in ("sq-sbatch-and-wait", "sq-sbatch-array")
+            if not run_by_stepup or page == "docs/installation.md":
                 assert script in text, (page, script)
 
 
