@@ -17,8 +17,8 @@ from stepup.queue.slurm.parsers import (
     UnreadableOutputError,
     array_tasks,
     last_run,
-    parse_elapsed,
     parse_array_states,
+    parse_elapsed,
     parse_job_records,
     parse_job_runs,
     parse_max_array_size,
@@ -330,6 +330,8 @@ def test_parsed_limits_and_elapsed_of_captured_sacct():
         assert parse_elapsed(record["Elapsed"]) is not None
         assert parse_elapsed(record["TotalCPU"]) is not None
         parse_time_limit(record["Timelimit"])
+
+
 # Array tasks (sbatch_array)
 
 
