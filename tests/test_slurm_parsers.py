@@ -233,6 +233,62 @@ def test_last_run_of_a_requeued_job_keeps_the_first_submit_time():
     assert parse_job_records(RUNS, ACCOUNT_FIELDS)[307]["State"] == "RUNNING"
 
 
+# Array tasks (sbatch_array)
+
+
+def test_array_tasks():
+    assert array_tasks("12_3") == (12, [3])
+    assert array_tasks("12_[1-3%1]") == (12, [1, 2, 3])
+    assert array_tasks("12_[0,4-5]") == (12, [0, 4, 5])
+    for field in ("12", "12_3.batch", "12+1", "JOBID", "12_[x]"):
+        assert array_tasks(field) is None
+
+
+def test_parse_squeue_array():
+    listing = parse_squeue(data("squeue_array.txt"))
+    assert listing.tasks == {
+        (12359, 0): "RUNNING",
+        (12359, 1): "PENDING",
+        (12359, 2): "PENDING",
+        (12359, 3): "PENDING",
+    }
+    assert listing.states == {}
+    assert listing.comments == {12359: "stepup-queue-0123456789abcdef"}
+    assert listing.workdirs == {12359: "/tmp/arrcap2"}
+    assert listing.reasons == {12359: "JobArrayTaskLimit"}
+    # Every task counts against a submit limit.
+    assert listing.queued() == 4
+    ended = parse_squeue(data("squeue_array_ended.txt"))
+    assert ended.tasks == {(11035, 0): "COMPLETED", (11035, 1): "FAILED", (11035, 2): "FAILED"}
+    assert ended.queued() == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["scontrol_show_job_array.txt", "scontrol_show_job_array_oneline.txt"]
+)
+def test_parse_scontrol_array(name):
+    listing = parse_scontrol(data(name))
+    assert listing.tasks == parse_squeue(data("squeue_array.txt")).tasks
+    assert listing.reasons == {12359: "JobArrayTaskLimit"}
+    assert listing.states == {}
+    assert listing.comments == {12359: "stepup-queue-0123456789abcdef"}
+    assert listing.workdirs == {12359: "/tmp/arrcap2"}
+
+
+def test_parse_array_states():
+    states = parse_array_states(data("sacct_array_cancelled.txt"))
+    assert states == {(12359, index): "CANCELLED" for index in range(4)}
+    assert parse_array_states("7|COMPLETED\n") == {}
+    with pytest.raises(UnreadableOutputError):
+        parse_array_states("12_3\n")
+
+
+def test_parse_max_array_size():
+    assert parse_max_array_size(data("scontrol_show_config.txt")) == 1001
+    assert parse_max_array_size("MaxArraySize            = 8\n") == 8
+    assert parse_max_array_size("") is None
+
+
 # parse_time, parse_time_limit, parse_elapsed
 
 
@@ -330,59 +386,3 @@ def test_parsed_limits_and_elapsed_of_captured_sacct():
         assert parse_elapsed(record["Elapsed"]) is not None
         assert parse_elapsed(record["TotalCPU"]) is not None
         parse_time_limit(record["Timelimit"])
-
-
-# Array tasks (sbatch_array)
-
-
-def test_array_tasks():
-    assert array_tasks("12_3") == (12, [3])
-    assert array_tasks("12_[1-3%1]") == (12, [1, 2, 3])
-    assert array_tasks("12_[0,4-5]") == (12, [0, 4, 5])
-    for field in ("12", "12_3.batch", "12+1", "JOBID", "12_[x]"):
-        assert array_tasks(field) is None
-
-
-def test_parse_squeue_array():
-    listing = parse_squeue(data("squeue_array.txt"))
-    assert listing.tasks == {
-        (12359, 0): "RUNNING",
-        (12359, 1): "PENDING",
-        (12359, 2): "PENDING",
-        (12359, 3): "PENDING",
-    }
-    assert listing.states == {}
-    assert listing.comments == {12359: "stepup-queue-0123456789abcdef"}
-    assert listing.workdirs == {12359: "/tmp/arrcap2"}
-    assert listing.reasons == {12359: "JobArrayTaskLimit"}
-    # Every task counts against a submit limit.
-    assert listing.queued() == 4
-    ended = parse_squeue(data("squeue_array_ended.txt"))
-    assert ended.tasks == {(11035, 0): "COMPLETED", (11035, 1): "FAILED", (11035, 2): "FAILED"}
-    assert ended.queued() == 0
-
-
-@pytest.mark.parametrize(
-    "name", ["scontrol_show_job_array.txt", "scontrol_show_job_array_oneline.txt"]
-)
-def test_parse_scontrol_array(name):
-    listing = parse_scontrol(data(name))
-    assert listing.tasks == parse_squeue(data("squeue_array.txt")).tasks
-    assert listing.reasons == {12359: "JobArrayTaskLimit"}
-    assert listing.states == {}
-    assert listing.comments == {12359: "stepup-queue-0123456789abcdef"}
-    assert listing.workdirs == {12359: "/tmp/arrcap2"}
-
-
-def test_parse_array_states():
-    states = parse_array_states(data("sacct_array_cancelled.txt"))
-    assert states == {(12359, index): "CANCELLED" for index in range(4)}
-    assert parse_array_states("7|COMPLETED\n") == {}
-    with pytest.raises(UnreadableOutputError):
-        parse_array_states("12_3\n")
-
-
-def test_parse_max_array_size():
-    assert parse_max_array_size(data("scontrol_show_config.txt")) == 1001
-    assert parse_max_array_size("MaxArraySize            = 8\n") == 8
-    assert parse_max_array_size("") is None
