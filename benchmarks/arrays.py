@@ -157,7 +157,7 @@ def run_array(parent: Path, host: Host, size: int, sleep: float, timeout: float)
 
 
 def run_killed(
-    parent: Path, host: Host, size: int, *, sleep: float, kills: int, timeout: float
+    parent: Path, host: Host, size: int, *, sleep: float, kills: int, window: float, timeout: float
 ) -> dict[str, object]:
     """The workflow killed at random moments while tasks wait, then run to the end."""
     workflow = _array_workflow(parent, "killed", host, size, sleep)
@@ -165,7 +165,8 @@ def run_killed(
     moments = []
     for _ in range(kills):
         run = _start(workflow)
-        moment = rng.uniform(1.0, 15.0)
+        # Spread over the time all tasks need, so that every kill finds tasks waiting.
+        moment = rng.uniform(1.0, max(2.0, window / kills))
         time.sleep(moment)
         if run.proc.poll() is not None:
             break
@@ -196,7 +197,9 @@ def run_arrays(
         "plain": plain,
         "array": array,
         "wall time ratio array / plain": round(array["wall (s)"] / plain["wall (s)"], 3),
-        "killed": run_killed(parent, host, size, sleep=sleep, kills=kills, timeout=timeout),
+        "killed": run_killed(
+            parent, host, size, sleep=sleep, kills=kills, window=plain["wall (s)"], timeout=timeout
+        ),
     }
 
 

@@ -10,8 +10,8 @@ output into its folder through symlinks, `.stepup-queue/arrays/NAME/TOKEN/N -> F
 which also tells a restart which folder had which task.
 
 Waiting costs one status query per cluster per cache period (the shared cache), and sacct
-only for tasks that squeue no longer lists; a folder's `slurmjob.ret` is read only once SLURM
-says that its task ended.
+only for tasks that squeue no longer lists; a folder's `slurmjob.ret` is read once SLURM says
+that its task ended, or, for the last `TAIL_TASKS` tasks, at every nap.
 """
 
 import dataclasses
@@ -375,6 +375,11 @@ def _forget(chunk: list[_Folder], links: Path):
     links.rmtree_p()
 
 
+# When this few tasks are left, their exit code files are read at every nap, so that the step
+# ends as soon as the last task ends, not one cache period later, at a bounded cost.
+TAIL_TASKS = 32
+
+
 def _wait(folders: list[_Folder], config: Config):
     """Wait until every folder's task ended; record the end in each folder."""
     pending = []
@@ -391,7 +396,8 @@ def _wait(folders: list[_Folder], config: Config):
         if time.monotonic() >= next_query:
             next_query = time.monotonic() + config.cache_timeout + random.uniform(0, config.jitter)
             _look(pending, caches, hopeless, config)
-        pending = [f for f in pending if f.state is None or not _finished(f, config)]
+        tail = len(pending) <= TAIL_TASKS
+        pending = [f for f in pending if not _ended(f, config, tail)]
         if pending:
             nap(config, min(f.joblog.submitted_time or datetime.now() for f in pending))
 
@@ -508,6 +514,14 @@ def _note(folder: _Folder, state: str):
         folder.joblog.states.append((datetime.now(), state))
     if state in FINAL_STATES:
         folder.state = state
+
+
+def _ended(folder: _Folder, config: Config, tail: bool) -> bool:
+    """True once a folder's end is known: from SLURM's answer, or in the tail, from the exit
+    code that the task's script left before SLURM's next answer."""
+    if folder.state is not None:
+        return _finished(folder, config)
+    return tail and isinstance(read_ret(folder.path), int) and _finished(folder, config)
 
 
 def _finished(folder: _Folder, config: Config) -> bool:
