@@ -117,7 +117,7 @@ def why_not_array_task(
     if not ended:
         return f"SLURM's task {name} cannot be tied to this folder (no link of its array)"
     when = parse_time(first_submit or "")
-    if submitted is not None and when != datetime.min and when > submitted + CLOCK_SLACK:
+    if submitted is not None and when is not None and when > submitted + CLOCK_SLACK:
         return (
             f"SLURM's task {name} was submitted at {first_submit}, after the log's Submitted "
             f"record ({submitted:%Y-%m-%dT%H:%M:%S}): the id was reused"
