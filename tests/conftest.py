@@ -5,6 +5,7 @@ import ctypes
 import fcntl
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -180,9 +181,14 @@ class Workflow:
             return ["stepup", "boot", *args]
         return ["stepup", "build", *("-j" if arg == "-n" else arg for arg in args)]
 
-    def boot(self, *args: str, timeout: float = 240, env: dict | None = None):
-        """Run the workflow to the end and return the completed process."""
-        proc = self.popen(*args, env=env, stderr=subprocess.PIPE)
+    def boot(
+        self, *args: str, timeout: float = 240, env: dict | None = None, ulimit: str = ""
+    ) -> subprocess.CompletedProcess:
+        """Run the workflow to the end and return the completed process.
+
+        `ulimit`: options of a `ulimit` command run first in the workflow's shell.
+        """
+        proc = self.popen(*args, env=env, stderr=subprocess.PIPE, ulimit=ulimit)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -195,9 +201,15 @@ class Workflow:
         return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
     def popen(
-        self, *args: str, env: dict | None = None, stderr: int = subprocess.STDOUT
+        self,
+        *args: str,
+        env: dict | None = None,
+        stderr: int = subprocess.STDOUT,
+        ulimit: str = "",
     ) -> subprocess.Popen:
         """Start the workflow in the background, in its own process group.
+
+        With `ulimit`, a shell first runs `ulimit ULIMIT` and then becomes the workflow.
 
         StepUp Core 3.2.3 now and then dies at start-up when it connects to a worker's socket
         before the worker listens on it (ConnectionRefusedError in .stepup/director.log or
@@ -205,12 +217,15 @@ class Workflow:
         this returns once the workers run (StepUp's `PHASE run` line) or the boot ended.
         """
         stepup_dir = self.root / ".stepup"
+        command = self.command(*args)
+        if ulimit:
+            command = ["bash", "-c", f"ulimit {ulimit} && exec {shlex.join(command)}"]
         for _ in range(3):
             # Stale logs of an earlier boot must not be taken for this one's.
             for path in stepup_dir.glob("*.log"):
                 path.remove()
             proc = subprocess.Popen(
-                self.command(*args),
+                command,
                 cwd=self.root,
                 env=self.env | (env or {}),
                 stdout=subprocess.PIPE,

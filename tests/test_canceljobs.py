@@ -23,9 +23,9 @@ def slurm_states() -> dict[int, str]:
         text=True,
         check=True,
     )
-    # Array tasks (ID_N) are no jobs of these tests: other tests run sbatch_array() meanwhile.
+    # Array tasks (`ID_N`, `ID_[N-M]`) are no jobs of these tests.
     lines = (line.split("|") for line in result.stdout.split())
-    return {int(i): s for i, s in lines if "_" not in i}
+    return {int(i): s for i, s in lines if i.isdigit()}
 
 
 def test_help(jobtools: JobTools):

@@ -6,7 +6,6 @@ from path import Path
 from stepup.queue.efficiency import (
     Usage,
     format_size,
-    parse_duration,
     parse_memory,
     step_peak,
     usage_by_run,
@@ -23,24 +22,6 @@ CAPTURED_FIELDS = tuple(field for field in HISTORY_FIELDS if field != "TRESUsage
 @pytest.fixture(scope="module")
 def usage() -> dict[tuple[int, str], Usage]:
     return usage_by_run((DATA / "sacct_usage.txt").read_text(), CAPTURED_FIELDS)
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("00:00:22", 22.0),
-        ("00:08.766", 8.766),
-        ("00:01:24", 84.0),
-        ("1-02:03:04", 93784.0),
-        ("12:34", 754.0),
-        ("UNLIMITED", None),
-        ("Partition_Limit", None),
-        ("INVALID", None),
-        ("", None),
-    ],
-)
-def test_parse_duration(text: str, seconds: float | None):
-    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize(

@@ -29,18 +29,12 @@ def _sweep(workflow: Workflow, body: str, njob: int = NJOB) -> list[str]:
 def _run_limited(
     workflow: Workflow, ulimit: str, slots: int, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    """Run the workflow to the end in a shell that first runs `ulimit ULIMIT`."""
-    command = f"ulimit {ulimit} && exec {shlex.join(workflow.command('-n', str(slots)))}"
-    return subprocess.run(
-        ["bash", "-c", command],
-        cwd=workflow.root,
-        env=workflow.env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        check=False,
-    )
+    """Run the workflow to the end in a shell that first runs `ulimit ULIMIT`.
+
+    Through `Workflow.boot`, which starts StepUp 3 again when its director crashed at start-up
+    (with 31 workers on a loaded machine it did, and the run then hung until the time-out).
+    """
+    return workflow.boot("-n", str(slots), ulimit=ulimit, timeout=timeout)
 
 
 def _assert_failed_steps(result: subprocess.CompletedProcess):

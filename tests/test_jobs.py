@@ -155,8 +155,9 @@ def test_table_and_json_match_sacct(jobtools: JobTools):
             assert job["started"] is None
             assert job["ran_seconds"] is None
         else:
-            # sacct dates the start of a job cancelled while pending at its cancellation.
-            assert job["started"] == record["Start"]
+            # sacct dates the start of a job cancelled while pending at its cancellation, or
+            # (seen under load) gives none.
+            assert job["started"] == (None if start is None else record["Start"])
         if job["folder"] in ("ok", "bad", "cancelled"):
             assert job["state"] == record["State"].split()[0]
             assert job["ended"] == record["End"]

@@ -190,3 +190,25 @@ def test_a_submission_newer_than_the_cached_answer_is_no_error(tmp_path, monkeyp
     assert after.jobs == []
     (error,) = after.errors
     assert error.startswith("Skipped: the job log ./job/slurmjob.log has no Submitted record")
+
+
+def test_a_log_started_after_the_cached_answer_is_no_error(tmp_path, monkeypatch):
+    """A log of only its first two lines, written after SLURM's (cached) answer, is a step about
+    to submit: no error in a frame of `stepup jobs --watch` (seen in a test run as 'Skipped:
+    ... has no Submitted record: nothing was submitted'). Written before the answer, it is a
+    step that never reached sbatch, and reported."""
+    root = Path(tmp_path)
+    log = write_log(root / "job")
+    began = datetime.fromtimestamp(log.mtime)
+
+    def answer_at(time: datetime):
+        return lambda cluster: Snapshot(time, 0, Listing.empty())
+
+    monkeypatch.chdir(root)
+    before = search_jobs([Path(".")], snapshot=answer_at(began - timedelta(seconds=5)))
+    assert (before.jobs, before.errors) == ([], [])
+    after = search_jobs([Path(".")], snapshot=answer_at(began + timedelta(seconds=5)))
+    assert after.jobs == []
+    assert after.errors == [
+        "Skipped: The job log ./job/slurmjob.log has no Submitted record: nothing was submitted."
+    ]

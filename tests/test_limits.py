@@ -499,6 +499,9 @@ def test_job_that_no_partition_can_run_is_cancelled(workflow: Workflow, two_part
         ({"Partition": "big", "TimeLimit": "00:05:00", "NumNodes": "2-2"}, []),
         ({"Partition": "open", "TimeLimit": "UNLIMITED", "NumNodes": "2"}, ["open"]),
         ({"Partition": "hidden", "TimeLimit": "00:05:00", "NumNodes": "1"}, ["hidden"]),
+        # A limit that cannot be read rules out no partition: the job is not cancelled for it.
+        ({"Partition": "big,small", "TimeLimit": "INVALID", "NumNodes": "1"}, ["big", "small"]),
+        ({"Partition": "odd", "TimeLimit": "1-00:00:00", "NumNodes": "1"}, ["odd"]),
     ],
 )
 def test_admitting_partitions(job, admitting):
@@ -510,6 +513,8 @@ def test_admitting_partitions(job, admitting):
          "TotalNodes": "1", "State": "DOWN"},
         {"PartitionName": "open", "MaxTime": "UNLIMITED", "MinNodes": "0", "MaxNodes": "UNLIMITED",
          "TotalNodes": "4", "State": "UP"},
+        {"PartitionName": "odd", "MaxTime": "INVALID", "MinNodes": "1", "MaxNodes": "UNLIMITED",
+         "TotalNodes": "1", "State": "UP"},
     ]  # fmt: skip
     assert admitting_partitions(job, partitions) == admitting
 

@@ -4,6 +4,7 @@ of the local test cluster (see `tests/data/README.md`).
 
 import os
 import textwrap
+from datetime import datetime
 
 import pytest
 from conftest import (
@@ -17,11 +18,14 @@ from stepup.queue.slurm.parsers import (
     array_tasks,
     last_run,
     parse_array_states,
+    parse_elapsed,
     parse_job_records,
     parse_job_runs,
     parse_max_array_size,
     parse_scontrol,
     parse_squeue,
+    parse_time,
+    parse_time_limit,
 )
 from stepup.queue.slurm.queries import ACCOUNT_FIELDS
 
@@ -283,3 +287,102 @@ def test_parse_max_array_size():
     assert parse_max_array_size(data("scontrol_show_config.txt")) == 1001
     assert parse_max_array_size("MaxArraySize            = 8\n") == 8
     assert parse_max_array_size("") is None
+
+
+# parse_time, parse_time_limit, parse_elapsed
+
+
+@pytest.mark.parametrize(
+    ("text", "time"),
+    [
+        ("2026-12-07T21:39:10", datetime(2026, 12, 7, 21, 39, 10)),
+        # sacct's Start of a job that never started, End of one that has not ended.
+        ("None", None),
+        ("Unknown", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_time(text, time):
+    assert parse_time(text) == time
+
+
+def test_last_run_sorts_a_run_without_submit_time_first():
+    runs = [
+        {"Submit": "2026-12-02T18:24:38", "End": "Unknown", "WorkDir": "/w"},
+        {"Submit": "Unknown", "End": "Unknown", "WorkDir": "/w"},
+    ]
+    assert last_run(runs)["Submit"] == "2026-12-02T18:24:38"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        # The forms of sbatch --time (man sbatch): a bare number is minutes, after days-
+        # the first number is hours.
+        ("5", 300),
+        ("5:30", 330),
+        ("1:02:03", 3723),
+        ("2-03", 2 * 86400 + 3 * 3600),
+        ("2-03:04", 2 * 86400 + 3 * 3600 + 4 * 60),
+        ("2-03:04:05", 2 * 86400 + 3 * 3600 + 4 * 60 + 5),
+        # As scontrol (TimeLimit, MaxTime) and sacct (Timelimit) print limits.
+        ("00:01:00", 60),
+        ("00:02:00", 120),
+        ("1-00:00:00", 86400),
+        ("UNLIMITED", None),
+        ("INFINITE", None),
+        ("Partition_Limit", None),
+        ("NONE", None),
+        ("", None),
+    ],
+)
+def test_parse_time_limit(text, seconds):
+    assert parse_time_limit(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["INVALID", "00:01.234", "N/A", "1:2:3:4", "-1", "5 min"])
+def test_parse_time_limit_unreadable(text):
+    with pytest.raises(UnreadableOutputError):
+        parse_time_limit(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        # Elapsed, [DD-[HH:]]MM:SS (man sacct), as captured in tests/data/sacct_usage.txt.
+        ("00:00:21", 21.0),
+        ("00:01:24", 84.0),
+        ("1-00:00:00", 86400.0),
+        ("1-02:03:04", 93784.0),
+        ("1:02:03", 3723.0),
+        # TotalCPU: minutes and seconds with milliseconds below an hour.
+        ("00:08.766", 8.766),
+        ("00:01.234", 1.234),
+        ("5:30", 330.0),
+        ("12:34", 754.0),
+        # A RAW field (ElapsedRaw) is bare seconds, not minutes as in --time.
+        ("5", 5.0),
+        ("INVALID", None),
+        ("", None),
+    ],
+)
+def test_parse_elapsed(text, seconds):
+    assert parse_elapsed(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["UNLIMITED", "Partition_Limit", "2-03", "2-03:04", "1:2:3:4"])
+def test_parse_elapsed_unreadable(text):
+    with pytest.raises(UnreadableOutputError):
+        parse_elapsed(text)
+
+
+def test_parsed_limits_and_elapsed_of_captured_sacct():
+    """Every Elapsed, TotalCPU and Timelimit of the captured sacct output is read."""
+    fields = ("JobIDRaw", "State", "ExitCode", "Submit", "Start", "End", "Elapsed", "TotalCPU")
+    fields += ("AllocCPUS", "ReqMem", "MaxRSS", "Timelimit", "NNodes", "User", "WorkDir")
+    for line in data("sacct_usage.txt").splitlines():
+        record = dict(zip(fields, line.split("|"), strict=True))
+        assert parse_elapsed(record["Elapsed"]) is not None
+        assert parse_elapsed(record["TotalCPU"]) is not None
+        parse_time_limit(record["Timelimit"])

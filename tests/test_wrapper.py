@@ -207,6 +207,67 @@ def test_indented_sbatch_line_is_ignored_as_sbatch_does(jobdir):
     assert "indented" not in render_wrapper(script)
 
 
+def test_sbatch_line_after_first_command_is_warned_about(jobdir, capsys):
+    """sbatch stops reading directives at the first command: a later #SBATCH line is ignored
+    by SLURM, and by StepUp Queue (not in the wrapper), with a warning that says so."""
+    write_script(
+        """
+        #!/bin/bash
+        #SBATCH -N 1
+
+        set -e
+        #SBATCH --mem=1G
+        echo hi
+          #SBATCH --indented-is-ignored-anyway
+        #SBATCH --job-name=late
+        """
+    )
+    script = read_job_script("slurmjob.sh")
+    assert script.directives == ("#SBATCH -N 1",)
+    assert "--mem" not in render_wrapper(script)
+    where = jobdir / "slurmjob.sh"
+    hint = "SLURM ignores it: move it up, into the block of #SBATCH lines below the shebang line."
+    assert capsys.readouterr().out.splitlines() == [
+        f"Warning: the job script {where} has an #SBATCH line after its first command (line 4), "
+        f"on line {lineno}: {line!r}. {hint}"
+        for lineno, line in ((5, "#SBATCH --mem=1G"), (8, "#SBATCH --job-name=late"))
+    ]
+    # Read again (after rc): no second warning.
+    read_job_script("slurmjob.sh", warn=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_no_warning_without_late_sbatch_lines(jobdir, capsys):
+    write_script("#!/bin/bash\n#SBATCH -N 1\n# #SBATCH --mem=1G (commented out)\necho hi\n")
+    read_job_script("slurmjob.sh")
+    assert capsys.readouterr().out == ""
+
+
+def test_late_sbatch_line_warning_in_the_step_output(workflow: Workflow):
+    """The warning reaches the user in the step's output, shown by StepUp; the job runs
+    without the late option."""
+    workflow.plan(SIMPLE_PLAN)
+    workflow.job(
+        "job",
+        """
+        #!/usr/bin/env bash
+        #SBATCH --job-name=early
+        echo hello
+        #SBATCH --job-name=late
+        """,
+    )
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout + result.stderr
+    script = workflow.root / "job" / "slurmjob.sh"
+    assert (
+        f"Warning: the job script {script} has an #SBATCH line after its first command (line 3), "
+        "on line 4: '#SBATCH --job-name=late'. SLURM ignores it"
+    ) in " ".join(result.stdout.split())
+    (record,) = workflow.final_jobs(1)
+    assert record["JobName"] == "early"
+    assert (workflow.root / "job" / "slurmjob.out").read_text() == "hello\n"
+
+
 def test_no_directives(jobdir):
     write_script("#!/bin/sh\necho hi\n")
     script = read_job_script("slurmjob.sh")

@@ -16,13 +16,14 @@ samples every second).
 import re
 from dataclasses import dataclass
 
+from .slurm.parsers import parse_elapsed, parse_time_limit, readable
+
 __all__ = (
     "HIGH_TIME",
     "LOW_USE",
     "Advice",
     "Usage",
     "format_size",
-    "parse_duration",
     "parse_memory",
     "step_peak",
     "usage_by_run",
@@ -37,21 +38,9 @@ _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024*
 # sacct's sizes: a number, a unit (powers of 1024), and in ReqMem of SLURM before 21.08 `n`
 # (per node) or `c` (per CPU). SLURM 21.08 and later print the job's total without a suffix.
 _RE_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGTP]?)([nc]?)")
-# [DD-][HH:]MM:SS[.mmm], as sacct prints Elapsed, TotalCPU and Timelimit.
-_RE_DURATION = re.compile(r"(?:([0-9]+)-)?(?:([0-9]+):)?([0-9]+):([0-9]+(?:\.[0-9]+)?)")
 _RE_TRES_MEMORY = re.compile(r"(?:^|,)mem=([^,]*)")
 _RE_STEP = re.compile(r"([0-9]+)(?:\+[0-9]+)?\.[^|]+")
 _RE_JOB = re.compile(r"([0-9]+)(?:\+[0-9]+)?")
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds of a sacct duration (`1-02:03:04`, `02:03:04`, `00:08.766`), `None` for
-    `UNLIMITED`, `Partition_Limit`, `INVALID` or an empty field."""
-    match = _RE_DURATION.fullmatch(text.strip())
-    if match is None:
-        return None
-    days, hours, minutes, seconds = match.groups()
-    return int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def parse_memory(
@@ -253,13 +242,14 @@ def step_peak(record: dict[str, str]) -> int | None:
 
 def _usage(record: dict[str, str], peaks: list[int]) -> Usage:
     cpus = _count(record["AllocCPUS"])
+    limit = readable(parse_time_limit, record["Timelimit"])
     return Usage(
-        elapsed=parse_duration(record["Elapsed"]),
-        total_cpu=parse_duration(record["TotalCPU"]),
+        elapsed=readable(parse_elapsed, record["Elapsed"]),
+        total_cpu=readable(parse_elapsed, record["TotalCPU"]),
         cpus=cpus,
         requested_memory=parse_memory(record["ReqMem"], cpus, _count(record["NNodes"]), "M"),
         peak_memory=max(peaks, default=None),
-        time_limit=parse_duration(record["Timelimit"]),
+        time_limit=None if limit is None else float(limit),
     )
 
 

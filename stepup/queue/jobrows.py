@@ -7,14 +7,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from path import Path
+
 from .attempts import earlier_attempts
 from .efficiency import Usage
 from .found_job import FoundJob
 from .joblog import JobLogError
 from .jobsearch import JobSearch
+from .slurm.parsers import parse_time
 from .states import FINAL_STATES
 
-__all__ = ("JobRow", "job_row", "job_rows")
+__all__ = ("JobRow", "KnownAttempts", "job_row", "job_rows")
+
+Attempts = tuple[tuple[int | None, str | None], ...]
+# The earlier attempts of each job folder as last read, with the submission they were read
+# for: folder → (submission, attempts). See `_attempts`.
+KnownAttempts = dict[Path, tuple[tuple, Attempts]]
 
 
 @dataclass
@@ -68,7 +76,7 @@ class JobRow:
     queued: float | None
     ran: float | None
     usage: Usage | None = None
-    attempts: tuple[tuple[int | None, str | None], ...] = ()
+    attempts: Attempts = ()
 
     @property
     def has_ended(self) -> bool:
@@ -114,14 +122,6 @@ class JobRow:
         }
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    """A time stamp of sacct; `None` for `Unknown`, `None` or an empty field."""
-    try:
-        return None if text is None else datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
 def _state(job: FoundJob, record: dict[str, str] | None) -> tuple[str, str]:
     """The state of a job and where it comes from (see `JobRow`)."""
     if job.live is not None:
@@ -141,7 +141,7 @@ def _logged_time(job: FoundJob, states: Iterable[str]) -> datetime | None:
     return next((time for time, state in job.log.states if state in states), None)
 
 
-def job_row(job: FoundJob, now: datetime) -> JobRow:
+def job_row(job: FoundJob, now: datetime, known: KnownAttempts | None = None) -> JobRow:
     """Combine what SLURM, the log and `slurmjob.ret` say of a job into its row.
 
     Parameters
@@ -150,15 +150,18 @@ def job_row(job: FoundJob, now: datetime) -> JobRow:
         A job found by `search_jobs(..., history=True)`.
     now
         The current time, up to which the queue or run time of an active job is counted.
+    known
+        The earlier attempts read before (by an earlier frame of `stepup jobs --watch`), used
+        again and updated (see `_attempts`).
     """
     # A record of another job with the same id (reused ids, another user) says nothing.
     record = job.history if job.why_not_ours is None else None
     state, source = _state(job, record)
     ended_state = state in FINAL_STATES
     if record is not None:
-        submitted = _parse_time(record["Submit"]) or job.log.submitted_time
-        started = _parse_time(record["Start"])
-        ended = _parse_time(record["End"]) if ended_state else None
+        submitted = parse_time(record["Submit"]) or job.log.submitted_time
+        started = parse_time(record["Start"])
+        ended = parse_time(record["End"]) if ended_state else None
     else:
         submitted = job.log.submitted_time
         started = _logged_time(job, ("RUNNING",))
@@ -199,21 +202,42 @@ def job_row(job: FoundJob, now: datetime) -> JobRow:
         queued=None if queued is None else max(queued.total_seconds(), 0.0),
         ran=None if ran is None else max(ran.total_seconds(), 0.0),
         usage=job.usage if ended_state and record is not None else None,
-        attempts=_attempts(job),
+        attempts=_attempts(job, known),
     )
 
 
-def _attempts(job: FoundJob) -> tuple[tuple[int | None, str | None], ...]:
+def _attempts(job: FoundJob, known: KnownAttempts | None) -> Attempts:
     """The job id and last state of each earlier attempt; none when they cannot be read (a
-    folder gone or not readable, a damaged log of an attempt): the row still shows the job."""
+    folder gone or not readable, a damaged log of an attempt): the row still shows the job.
+
+    Listing the folder and reading the logs of its attempts for every job in every frame of
+    `--watch` is slow on a shared file system, so what was read is kept in `known`. An attempt
+    is moved aside only before the next one is submitted (`attempts.archive_attempt`), so the
+    attempts stay the same while the current log records the same submission: the same
+    `Submitting` record (token and time) or the same `Submitted` record (job id and time).
+    """
+    submission = (
+        job.log.digest,
+        job.log.token,
+        job.log.submitting_time,
+        job.log.job_id,
+        job.log.submitted_time,
+    )
+    folder = job.log.path.parent
+    if known is not None and folder in known and known[folder][0] == submission:
+        return known[folder][1]
     try:
         logs = earlier_attempts(job.log.path, job.log.digest)
     except (OSError, JobLogError):
+        # Not kept: the next frame tries again.
         return ()
-    return tuple((log.job_id, log.last_state) for log in logs)
+    attempts = tuple((log.job_id, log.last_state) for log in logs)
+    if known is not None:
+        known[folder] = (submission, attempts)
+    return attempts
 
 
-def job_rows(search: JobSearch, now: datetime) -> list[JobRow]:
-    """The rows of the jobs found, sorted by folder (then job id)."""
-    rows = [job_row(job, now) for job in search.jobs]
+def job_rows(search: JobSearch, now: datetime, known: KnownAttempts | None = None) -> list[JobRow]:
+    """The rows of the jobs found, sorted by folder (then job id); see `job_row`."""
+    rows = [job_row(job, now, known) for job in search.jobs]
     return sorted(rows, key=lambda row: (row.folder, row.job_id))

@@ -25,7 +25,7 @@ from rich.text import Text
 
 from .config import Config, ConfigError
 from .efficiency import Advice, format_size
-from .jobrows import JobRow, job_rows
+from .jobrows import JobRow, KnownAttempts, job_rows
 from .jobsearch import JobSearch, Remembered, search_jobs
 from .slurm.cache import Snapshot, StateCache
 from .tables import print_table
@@ -320,8 +320,9 @@ def _watch(args: argparse.Namespace) -> int:
     """Redraw the table each period until every job shown has ended; Ctrl-C stops it (exit 0).
 
     The states come from the shared scheduler cache (one `StateCache` per cluster, kept for the
-    whole watch so that the default cluster's name is asked once), and sacct is asked again
-    only about the jobs whose state changed (see `ask_slurm`).
+    whole watch so that the default cluster's name is asked once), sacct is asked again only
+    about the jobs whose state changed (see `ask_slurm`), and a job folder is searched for
+    earlier attempts again only when its log records a new submission (see `job_row`).
     """
     if args.json or args.timeline is not None:
         print(
@@ -342,6 +343,7 @@ def _watch(args: argparse.Namespace) -> int:
         return caches[cluster].snapshot()
 
     remembered: Remembered = {}
+    known_attempts: KnownAttempts = {}
     problems: list[str] = []
 
     def frame(width: int | None) -> tuple[str, bool]:
@@ -351,7 +353,7 @@ def _watch(args: argparse.Namespace) -> int:
             args.paths, history=True, snapshot=snapshot, remembered=remembered, report=False
         )
         now = datetime.now()
-        rows, hidden = _filter(job_rows(search, now), args.state)
+        rows, hidden = _filter(job_rows(search, now, known_attempts), args.state)
         # Problems are printed when they change, not with every table.
         latest = [*search.errors, *map(str, search.unreachable.items())]
         if latest != problems:

@@ -99,19 +99,12 @@ def find_jobs(paths: Iterable[str | Path]) -> tuple[list[FoundJob], list[str]]:
                 continue
             seen.add(key)
             try:
-                joblog = _read_submitted_log(log_path)
+                joblog = read_log(log_path)
             except (JobLogError, OSError) as exc:
                 errors.append(f"Skipped: {exc}")
                 continue
             jobs.append(FoundJob(joblog, read_ret(log_path.parent)))
     return jobs, errors
-
-
-def _read_submitted_log(path: Path) -> JobLog:
-    joblog = read_log(path)
-    if joblog.job_id is None and joblog.token is None:
-        raise JobLogError(f"The job log {path} has no Submitted record: nothing was submitted.")
-    return joblog
 
 
 # How `stepup jobs --watch` reads the shared scheduler cache: cluster → SLURM's answer.
@@ -311,7 +304,12 @@ def search_jobs(
         if job.job_id is None and _submitting_now(job):
             # Not yet in SLURM's answer, which is older than the submission (e.g. cached).
             continue
-        if job.job_id is None:
+        if job.job_id is None and job.log.token is None:
+            errors.append(
+                f"Skipped: The job log {job.log.path} has no Submitted record: nothing was "
+                "submitted."
+            )
+        elif job.job_id is None:
             why = (
                 "squeue lists no job with its token on the default cluster: the job was not "
                 "submitted, or it has ended"
@@ -330,6 +328,14 @@ def search_jobs(
 
 
 def _submitting_now(job: FoundJob) -> bool:
-    """True for a log whose submission began after SLURM's answer about its cluster."""
+    """True for a log whose submission began after SLURM's answer about its cluster.
+
+    A log of only its first two lines was just started: its step is about to submit.
+    """
     began = job.log.submitting_time
+    if began is None and job.log.job_id is None:
+        try:
+            began = datetime.fromtimestamp(job.log.path.mtime)
+        except OSError:
+            return False
     return job.asked_at is not None and began is not None and began > job.asked_at

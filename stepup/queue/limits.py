@@ -6,6 +6,7 @@ The reason codes come from `man squeue` (JOB REASON CODES) and SLURM's resource 
 import re
 from enum import Enum
 
+from .slurm.parsers import UnreadableOutputError, parse_time_limit
 from .states import hopeless_fix
 
 __all__ = (
@@ -94,14 +95,13 @@ def refusal_fix(code: str) -> str:
     return hopeless_fix(code) or _POLICY_FIX
 
 
-def _seconds(text: str) -> int | None:
-    """A SLURM duration (`[D-]HH:MM:SS`, `MM:SS`, `MM`) in seconds; `None` for no limit."""
-    if text in _UNLIMITED:
-        return None
-    days, _, clock = text.rpartition("-")
-    parts = [int(part) for part in clock.split(":")]
-    hours, minutes, seconds = [0, 0, *parts][-3:] if len(parts) > 1 else [0, parts[0], 0]
-    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+def _limit(text: str, unreadable: int | None) -> int | None:
+    """Seconds of a time limit (see `parse_time_limit`), `None` for no limit, `unreadable` for
+    text that is no time limit."""
+    try:
+        return parse_time_limit(text)
+    except UnreadableOutputError:
+        return unreadable
 
 
 def _count(text: str) -> int | None:
@@ -128,7 +128,8 @@ def admitting_partitions(job: dict[str, str], partitions: list[dict[str, str]]) 
         The admitting partitions; empty when none can ever run the job as it is.
     """
     by_name = {partition.get("PartitionName"): partition for partition in partitions}
-    time_limit = _seconds(job.get("TimeLimit", ""))
+    # What cannot be read rules out no partition: a job is cancelled only for what is certain.
+    time_limit = _limit(job.get("TimeLimit", ""), unreadable=0)
     nodes = _count(job.get("NumNodes", "1")) or 1
     admitting = []
     for name in job.get("Partition", "").split(","):
@@ -137,7 +138,7 @@ def admitting_partitions(job: dict[str, str], partitions: list[dict[str, str]]) 
             # Not shown (hidden, or not allowed to see): it may run the job.
             admitting.append(name)
             continue
-        max_time = _seconds(partition.get("MaxTime", ""))
+        max_time = _limit(partition.get("MaxTime", ""), unreadable=None)
         max_nodes = [
             count
             for count in (_count(partition.get(key, "")) for key in ("MaxNodes", "TotalNodes"))

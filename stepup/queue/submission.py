@@ -231,7 +231,8 @@ def after_rc(script: JobScript, rc: str, config: Config, env: dict[str, str]) ->
     once more to see the environment that sbatch got.
     """
     sbatch_env = environment_after_rc(rc, config.command_timeout, env) or env
-    return read_job_script(script.path, sbatch_env)
+    # Its late #SBATCH lines were warned about when it was first read.
+    return read_job_script(script.path, sbatch_env, warn=False)
 
 
 def _submitted_line(result: CommandResult) -> str:

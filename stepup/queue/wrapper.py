@@ -84,7 +84,9 @@ class JobScript:
         return self.clusters.split(",")[0] if self.clusters else None
 
 
-def read_job_script(path: str | Path, env: Mapping[str, str] | None = None) -> JobScript:
+def read_job_script(
+    path: str | Path, env: Mapping[str, str] | None = None, *, warn: bool = True
+) -> JobScript:
     """Read and check a job script before anything is submitted.
 
     Parameters
@@ -94,6 +96,9 @@ def read_job_script(path: str | Path, env: Mapping[str, str] | None = None) -> J
     env
         The environment in which sbatch will run. Its `SBATCH_CLUSTERS` or `SLURM_CLUSTERS`
         overrides the script's `-M`, as in sbatch.
+    warn
+        Print a warning for each `#SBATCH` line after the first command, which SLURM ignores
+        (the step's output, which StepUp shows). `False` when the script was read before.
 
     Returns
     -------
@@ -138,11 +143,21 @@ def read_job_script(path: str | Path, env: Mapping[str, str] | None = None) -> J
         )
     directives = []
     clusters = None
+    first_command = None
     for lineno, line in enumerate(lines[1:], 2):
         stripped = line.strip()
         # sbatch reads directives only up to the first command.
-        if stripped != "" and not stripped.startswith("#"):
-            break
+        if first_command is None and stripped != "" and not stripped.startswith("#"):
+            first_command = lineno
+        if first_command is not None:
+            if warn and line.startswith("#SBATCH"):
+                print(
+                    f"Warning: the job script {where} has an #SBATCH line after its first "
+                    f"command (line {first_command}), on line {lineno}: {line!r}. SLURM "
+                    "ignores it: move it up, into the block of #SBATCH lines below the shebang "
+                    "line."
+                )
+            continue
         for prefix, name in _OTHER_SCHEDULERS.items():
             if stripped.startswith(prefix) and (prefix != "#$" or stripped[2:3] in (" ", "")):
                 raise JobScriptError(

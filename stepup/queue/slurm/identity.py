@@ -56,7 +56,7 @@ def why_not_logged_job(
         return why
     first = record.get("FirstSubmit", record["Submit"])
     when = parse_time(first)
-    if submitted is not None and when != datetime.min and when > submitted + CLOCK_SLACK:
+    if submitted is not None and when is not None and when > submitted + CLOCK_SLACK:
         return (
             f"SLURM's job {job_id} was submitted at {first}, after the log's Submitted record "
             f"({submitted:%Y-%m-%dT%H:%M:%S}): the id was reused"
@@ -160,5 +160,5 @@ def match_submission(
         for job_id, record in records.items()
         if record["Comment"] == ""
         and record["WorkDir"] == workdir
-        and parse_time(record["Submit"]) >= earliest
+        and (parse_time(record["Submit"]) or datetime.min) >= earliest
     )

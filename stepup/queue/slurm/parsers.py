@@ -24,6 +24,7 @@ __all__ = (
     "last_run",
     "parse_array_states",
     "parse_cluster_name",
+    "parse_elapsed",
     "parse_job_records",
     "parse_job_runs",
     "parse_key_values",
@@ -32,6 +33,7 @@ __all__ = (
     "parse_scontrol",
     "parse_squeue",
     "parse_time",
+    "parse_time_limit",
     "readable",
 )
 
@@ -317,12 +319,92 @@ def parse_job_runs(
     return jobs
 
 
-def parse_time(text: str) -> datetime:
-    """A time printed by SLURM (with standard time stamps); `datetime.min` when unknown."""
+def parse_time(text: str | None) -> datetime | None:
+    """A time stamp printed by SLURM (`2026-12-07T21:39:10`, SLURM's standard format); `None`
+    for `Unknown`, `None`, an empty field or no field."""
     try:
-        return datetime.fromisoformat(text)
+        return None if text is None else datetime.fromisoformat(text)
     except ValueError:
-        return datetime.min
+        return None
+
+
+# What SLURM prints for no time limit: scontrol's `UNLIMITED`, sbatch's `INFINITE`, a partition's
+# `DefaultTime=NONE`, sacct's `Partition_Limit` for a job that set none (the partition's applies).
+_NO_LIMIT = frozenset({"UNLIMITED", "INFINITE", "NONE", "Partition_Limit", ""})
+# man sbatch, --time: "minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours",
+# "days-hours:minutes" and "days-hours:minutes:seconds". scontrol and sacct print limits as
+# `[D-]HH:MM:SS`, which is one of these.
+_RE_TIME_LIMIT = re.compile(r"(?:([0-9]+)-)?([0-9]+)(?::([0-9]+))?(?::([0-9]+))?")
+# man sacct: elapsed time fields are `[DD-[HH:]]MM:SS`, with `.mmm` in the CPU fields (TotalCPU
+# `00:08.766`); the RAW fields (ElapsedRaw) are bare seconds.
+_RE_ELAPSED = re.compile(r"(?:(?:([0-9]+)-)?([0-9]+):)?([0-9]+):([0-9]+(?:\.[0-9]+)?)|([0-9]+)")
+
+
+def parse_time_limit(text: str) -> int | None:
+    """Seconds of a time limit in the syntax of sbatch's `--time`, as scontrol and sacct print
+    limits (`TimeLimit`, `MaxTime`, `Timelimit`).
+
+    A bare number is minutes (`5`), two numbers are minutes and seconds (`5:30`), three hours,
+    minutes and seconds (`1:02:03`); after `days-` they are hours (`2-03`), hours and minutes
+    (`2-03:04`), or hours, minutes and seconds (`2-03:04:05`, `1-00:00:00`).
+
+    Returns
+    -------
+    seconds
+        The limit; `None` for no limit of the job's own (`UNLIMITED`, `INFINITE`, `NONE`,
+        `Partition_Limit` or an empty field).
+
+    Raises
+    ------
+    UnreadableOutputError
+        For any other text, e.g. `INVALID` or `00:01.234`.
+    """
+    text = text.strip()
+    if text in _NO_LIMIT:
+        return None
+    match = _RE_TIME_LIMIT.fullmatch(text)
+    if match is None:
+        raise UnreadableOutputError(text)
+    days, *numbers = match.groups()
+    numbers = [int(number) for number in numbers if number is not None]
+    if days is not None:
+        # Hours first after the days.
+        hours, minutes, seconds = [*numbers, 0, 0][:3]
+    elif len(numbers) == 3:
+        hours, minutes, seconds = numbers
+    else:
+        hours, (minutes, seconds) = 0, [*numbers, 0][:2]
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def parse_elapsed(text: str) -> float | None:
+    """Seconds of a duration as sacct prints what a job used: `Elapsed` (`00:00:21`,
+    `1-00:00:00`), `TotalCPU` (`00:08.766`, minutes and seconds with milliseconds), or a RAW
+    field (`ElapsedRaw`: bare seconds).
+
+    Unlike a time limit (see `parse_time_limit`), two numbers are always minutes and seconds,
+    a bare number is seconds, and days come with hours, minutes and seconds.
+
+    Returns
+    -------
+    seconds
+        The duration; `None` for sacct's `INVALID` or an empty field.
+
+    Raises
+    ------
+    UnreadableOutputError
+        For any other text, e.g. `UNLIMITED` or `2-03`.
+    """
+    text = text.strip()
+    if text in ("INVALID", ""):
+        return None
+    match = _RE_ELAPSED.fullmatch(text)
+    if match is None:
+        raise UnreadableOutputError(text)
+    days, hours, minutes, seconds, raw = match.groups()
+    if raw is not None:
+        return float(raw)
+    return int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 _RE_KEY_VALUE = re.compile(r"(\w+)=(\S*)")
@@ -429,12 +511,17 @@ def last_run(runs: list[dict[str, str]]) -> dict[str, str]:
         The records of one job id (`sacct -D`, with `Submit`, `End` and `WorkDir`), in any
         order.
     """
-    runs = sorted(runs, key=lambda run: parse_time(run["Submit"]))
+    runs = sorted(runs, key=lambda run: _time_or_min(run["Submit"]))
     first = len(runs) - 1
     while first > 0:
         earlier, later = runs[first - 1], runs[first]
-        gap = abs(parse_time(later["Submit"]) - parse_time(earlier["End"]))
+        gap = abs(_time_or_min(later["Submit"]) - _time_or_min(earlier["End"]))
         if gap > CLOCK_SLACK or earlier["WorkDir"] != later["WorkDir"]:
             break
         first -= 1
     return runs[-1] | {"FirstSubmit": runs[first]["Submit"]}
+
+
+def _time_or_min(text: str) -> datetime:
+    """A time stamp, `datetime.min` when unknown: the earliest in a sort."""
+    return parse_time(text) or datetime.min
