@@ -59,12 +59,11 @@ def test_refusal_message_hard_limit_too_low():
     assert f"{FILES_PER_STEP} open files per waiting step" in message
     assert f"= {files_needed(1000)})" in message
     assert "1024 (soft) and 1024 (hard)" in message
-    # The fixes: the hard limit, a smaller -j that fits under it, arrays as a plan.
+    # The fixes: the hard limit, a smaller -j that fits under it, an array step.
     assert f"`ulimit -n {files_needed(1000)}`" in message
     assert f"`stepup build -j {max_slots(1024)}` or less" in message
     assert "No job was submitted" in message
-    assert "planned for a later version" in message
-    assert "this version has no sbatch_array()" in message
+    assert "one sbatch_array() step waits for all their folders in one slot" in message
 
 
 def test_refusal_message_soft_limit_only():

@@ -124,6 +124,6 @@ def refusal_message(slots: int, soft: int, hard: int, jobs_option: str) -> str:
         f"{soft} (soft) and {hard} (hard): it would die halfway with jobs left in the queue. "
         f"No job was submitted. Either {raise_it}"
         + (f", or run with `{jobs_option} {fits}` or less. " if fits > 0 else ". ")
-        + "(Job arrays, which wait for many job folders in one step, are planned for a later "
-        "version of StepUp Queue; this version has no sbatch_array().)"
+        + "For many similar jobs, one sbatch_array() step waits for all their folders in one "
+        "slot."
     )
