@@ -91,7 +91,7 @@ class _Submission:
     rc_seen: bool = field(init=False)
     # The number of the user's queued jobs at which sbatch refused for a submit limit.
     limit: int | None = None
-    # Refusals that are waited out with a back-off (see _pause_after_refusal).
+    # Refusals that are waited out with a back-off (see pause_after_refusal).
     refusals: int = 0
     retries: int = 0
     failure: CommandResult | None = None
@@ -112,10 +112,10 @@ class _Submission:
                 if found:
                     return "Found the interrupted submission's"
                 if found is None:
-                    self.retries = _back_off(self.retries, self.config)
+                    self.retries = back_off(self.retries, self.config)
                     continue
             if self.limit is not None:
-                _wait_for_room(self.cache, self.limit, self.config)
+                wait_for_room(self.cache, self.limit, self.config)
             result = self._submit_in_turn()
             if result is None:
                 # Another step took the room.
@@ -184,7 +184,7 @@ class _Submission:
                 env=self.env,
             )
             if result.returncode == 0:
-                submitted = _submitted_line(result)
+                submitted = submitted_line(result)
                 record_submitted(self.joblog.path, submitted)
                 if self.limit is not None:
                     self.cache.record_submission(parse_submitted(submitted)[0], self.token)
@@ -204,12 +204,12 @@ class _Submission:
         # A clear refusal: no job carries the token.
         self.lookup = False
         if refusal[0] is Refusal.OWN_LIMIT:
-            self.limit = _limit_at_refusal(self.cache, self.sbatch_time, result, self.config)
+            self.limit = limit_at_refusal(self.cache, self.sbatch_time, result, self.config)
         else:
             self.limit = None
             self.refusals += 1
             where = Path.cwd() / self.script.path
-            _pause_after_refusal(refusal, self.refusals, result, where, self.config)
+            pause_after_refusal(refusal, self.refusals, result, where, self.config)
         return True
 
     def _before_retry(self, result: CommandResult):
@@ -221,7 +221,7 @@ class _Submission:
             self.rc_seen = True
         if self.config.debug:
             print(f"Transient failure, retrying: {result.describe()}")
-        self.retries = _back_off(self.retries, self.config)
+        self.retries = back_off(self.retries, self.config)
 
 
 def after_rc(script: JobScript, rc: str, config: Config, env: dict[str, str]) -> JobScript:
@@ -235,7 +235,7 @@ def after_rc(script: JobScript, rc: str, config: Config, env: dict[str, str]) ->
     return read_job_script(script.path, sbatch_env, warn=False)
 
 
-def _submitted_line(result: CommandResult) -> str:
+def submitted_line(result: CommandResult) -> str:
     """The job id that sbatch printed: the last line of its output that is `ID` or `ID;CLUSTER`.
 
     A site's sbatch wrapper (or rc) may print other lines before or after it.
@@ -252,7 +252,7 @@ def _submitted_line(result: CommandResult) -> str:
     )
 
 
-def _pause_after_refusal(
+def pause_after_refusal(
     refusal: tuple[Refusal, str], count: int, result: CommandResult, where: Path, config: Config
 ):
     """Wait before sbatch is tried again after a policy refusal, or raise a JobError.
@@ -299,7 +299,7 @@ _UNNAMED_FIX = (
 )
 
 
-def _back_off(retries: int, config: Config) -> int:
+def back_off(retries: int, config: Config) -> int:
     """Sleep before the next try of a failed submission; return the number of retries."""
     if retries < config.submit_retries:
         time.sleep(config.submit_backoff * 2**retries)
@@ -337,7 +337,7 @@ def _check_no_live_job(
         )
 
 
-def _limit_at_refusal(
+def limit_at_refusal(
     cache: StateCache, refused: datetime, result: CommandResult, config: Config
 ) -> int:
     """The number of the user's queued jobs when sbatch refused for a submit limit.
@@ -369,7 +369,7 @@ def _submit_turn(cache: StateCache, config: Config):
     return submit_turn(cache.path if cache.locate() is None else None, config.lock_timeout)
 
 
-def _wait_for_room(cache: StateCache, limit: int, config: Config):
+def wait_for_room(cache: StateCache, limit: int, config: Config):
     """Wait until fewer than `limit` of the user's jobs are queued."""
     while True:
         # Random naps: steps that wait for room look at different moments.

@@ -26,7 +26,7 @@ __all__ = (
 )
 
 # Below the work directory of an array (the folder of plan.py): per step name and token, the
-# symlink `N` of task N points to its job folder (written by `arrayjob` before sbatch).
+# symlink `N` of task N points to its job folder (written by `arraysubmission` before sbatch).
 ARRAY_LINKS = ".stepup-queue/arrays"
 # The comment of a job submitted by StepUp Queue (`joblog.is_token`, a layer above).
 _RE_TOKEN = re.compile(r"stepup-queue-[0-9a-f]{16}")
