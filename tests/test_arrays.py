@@ -99,6 +99,25 @@ def test_array_all_succeed(workflow):
     assert len(array_tasks(workflow)) == len(FOLDERS)
 
 
+def test_array_per_folder_job_name_splits_with_a_note(workflow):
+    """Folders whose #SBATCH lines differ (here a --job-name of one folder) go into separate
+    arrays, and the step says why, naming the lines: all succeed, in two arrays."""
+    folders = ["a", "b", "c"]
+    for folder in folders:
+        workflow.job(folder, OK_SCRIPT)
+    named = "#SBATCH --job-name=special"
+    workflow.job("c", OK_SCRIPT.replace("#SBATCH --time", f"{named}\n#SBATCH --time"))
+    array_plan(workflow, folders)
+    result = workflow.boot()
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = " ".join(result.stdout.split())
+    assert "Note: the 3 folders to submit go into 2 job arrays" in text, result.stdout
+    assert f"has no other lines where {workflow.root / 'c'} has ['{named}']" in text
+    tasks = final_tasks(workflow, 3)
+    assert len({array_id for array_id, _, _ in tasks}) == 2
+    assert {state for _, _, state in tasks} == {"COMPLETED"}
+
+
 def test_array_partial_failure_then_removejobs(workflow):
     folders = FOLDERS[:12]
     failing = {"t03", "t07"}

@@ -144,11 +144,32 @@ def submit_all(
     for folder in todo:
         script = folder.script
         groups.setdefault((script.directives, script.cluster), []).append(folder)
+    if len(groups) > 1:
+        print(_split_note(list(groups.values())))
     done = []
     for (_, cluster), group in groups.items():
         size = max_array_size(cluster, config.command_timeout) or _DEFAULT_MAX_ARRAY_SIZE
         done += _ArraySubmission(group, manifest, links, config, env, size).run()
     return done
+
+
+def _split_note(groups: list[list[ArrayFolder]]) -> str:
+    """Why the folders go into several arrays: a per-folder `--job-name` is easily overlooked."""
+    first, second = groups[0][0].script, groups[1][0].script
+    only_first = [line for line in first.directives if line not in second.directives]
+    only_second = [line for line in second.directives if line not in first.directives]
+    if only_first or only_second:
+        how = (
+            f"{groups[0][0].path} has {only_first or 'no other lines'} where "
+            f"{groups[1][0].path} has {only_second or 'no other lines'}"
+        )
+    else:
+        how = f"{groups[0][0].path} and {groups[1][0].path} go to different clusters"
+    return (
+        f"Note: the {sum(map(len, groups))} folders to submit go into {len(groups)} job arrays, "
+        f"one per set of #SBATCH lines (and cluster): {how}. Folders whose #SBATCH lines are "
+        "the same share one array and one sbatch call (a --job-name per folder prevents that)."
+    )
 
 
 @dataclass
