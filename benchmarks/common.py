@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from path import Path
+
+from tests.proctree import kill_tree
 
 __all__ = (
     "LOGGED_COMMANDS",
@@ -269,11 +270,7 @@ class BuildRun:
     def kill(self):
         """Kill `stepup` with all its descendants: director, workers or forkserver, steps."""
         if self.proc.poll() is None:
-            table = _proc_table()
-            for pid in _descendants(table, [self.proc.pid]):
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            self.proc.wait()
+            kill_tree(self.proc)
 
     @property
     def wall(self) -> float:

@@ -1,13 +1,10 @@
 """Shared fixtures: a real local SLURM and one StepUp workflow folder per test."""
 
-import contextlib
-import ctypes
 import fcntl
 import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,6 +15,7 @@ from itertools import pairwise
 
 import pytest
 from path import Path
+from proctree import kill_tree
 
 from stepup.queue.api import stepup_major
 from stepup.queue.joblog import FORMAT_LINE, append_record, start_log
@@ -26,8 +24,6 @@ from stepup.queue.slurm.queries import sacct_records
 # The StepUp Core of the Python that runs the tests is the host of every workflow: the suite
 # runs once per host, each in its own venv (tools/test.sh).
 HOST = stepup_major()
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_CHILD_SUBREAPER = 36
 # `stepup boot` (StepUp 3) and `stepup build` (StepUp 4) flag a failed step differently.
 FAILED_RC = 2 if HOST < 4 else 4
 
@@ -263,20 +259,7 @@ class Workflow:
         StepUp 4 runs its director and each step in sessions of their own, so the whole tree
         of processes is collected first and then killed.
         """
-        # Orphans become children of this process, which reaps them: PID 1 here does not,
-        # and StepUp 4 takes a zombie director for a running one.
-        _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        pids = [proc.pid, *descendants(proc.pid)]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 10
-        for pid in pids[1:]:
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-                time.sleep(0.02)
+        kill_tree(proc)
         if self.host < 4:
             # StepUp 3 refuses to boot while the killed director's socket file is left behind;
             # removing it is what StepUp's message asks of the user.
@@ -498,24 +481,6 @@ def lock_free(path: Path) -> bool:
             return False
         fcntl.flock(fh, fcntl.LOCK_UN)
         return True
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes below `pid`, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    result = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            result.append(child)
-            todo.append(child)
-    return result
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "condition"):

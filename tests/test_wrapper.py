@@ -15,7 +15,6 @@ from conftest import (
     HOST,
     SIMPLE_PLAN,
     Workflow,
-    descendants,
     fake_command,
     run_requeued_again,
     sacct,
@@ -24,6 +23,7 @@ from conftest import (
     with_bin,
 )
 from path import Path
+from proctree import descendants
 
 from stepup.queue.joblog import FORMAT_LINE, read_log
 from stepup.queue.wrapper import (
