@@ -1203,6 +1203,7 @@ def test_array_wrapper_passes_bash_n_and_shellcheck(tmp_path):
             ["/a b/x", "/c"],
             ["./slurmjob.sh", "/usr/bin/env python3 slurmjob.py"],
             "stepup-queue-0123456789abcdef",
+            "/a b/.stepup-queue/arrays/slurmarray/ended",
         )
     )
     result = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
@@ -1219,7 +1220,8 @@ def test_array_wrapper_passes_bash_n_and_shellcheck(tmp_path):
 )
 def test_array_wrapper_runs_the_task_folder_script(tmp_path, submitted, task, written):
     """Task N runs the script of folder N there; its exit code is kept only when the folder's
-    log names this task (ARRAYID_N)."""
+    log names this task (ARRAYID_N). Every task marks its end in the step's folder of ended
+    tasks."""
     folders = [Path(tmp_path) / name for name in ("first", "second folder")]
     for number, folder in enumerate(folders):
         folder.makedirs_p()
@@ -1237,8 +1239,10 @@ def test_array_wrapper_runs_the_task_folder_script(tmp_path, submitted, task, wr
             [str(f) for f in folders],
             ["bash slurmjob.sh", "./slurmjob.sh"],
             "stepup-queue-0123456789abcdef",
+            str(Path(tmp_path) / "ended dir"),
         )
     )
+    (Path(tmp_path) / "ended dir").makedirs_p()
     env = {key: value for key, value in os.environ.items() if key != "SLURM_JOB_ID"}
     env |= {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": task}
     result = subprocess.run(
@@ -1249,3 +1253,4 @@ def test_array_wrapper_runs_the_task_folder_script(tmp_path, submitted, task, wr
     assert result.stdout == f"task {index} in {folders[index].name}\n"
     ret = folders[index] / "slurmjob.ret"
     assert ret.read_text() == ("3\n" if written else "")
+    assert [p.name for p in (Path(tmp_path) / "ended dir").iterdir()] == [f"77_{task}"]

@@ -8,12 +8,14 @@ from path import Path
 from .joblog import LOG_NAME, JobLog
 from .wrapper import JobScript
 
-__all__ = ("ARRAYS_DIR", "ArrayFolder")
+__all__ = ("ARRAYS_DIR", "ENDED_DIR", "ArrayFolder")
 
 # Below the folder of plan.py: per step and submission (`ARRAYS_DIR/NAME/TOKEN/N`), the
 # symlinks through which SLURM writes the output of each task into its job folder. Hidden, so
 # the job tools do not search it. Removed once every task of the step ended.
 ARRAYS_DIR = Path(".stepup-queue/arrays")
+# Below `ARRAYS_DIR/NAME`: the empty files `ARRAYID_N` that tasks make as they end.
+ENDED_DIR = "ended"
 
 
 @dataclass
@@ -41,3 +43,8 @@ class ArrayFolder:
     @property
     def key(self) -> tuple[int, int]:
         return self.joblog.job_id, self.joblog.task
+
+    @property
+    def name(self) -> str:
+        """The task as SLURM names it, `ARRAYID_N`."""
+        return f"{self.joblog.job_id}_{self.joblog.task}"

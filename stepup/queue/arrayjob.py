@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from path import Path
 
-from .arrayfolder import ARRAYS_DIR, ArrayFolder
+from .arrayfolder import ARRAYS_DIR, ENDED_DIR, ArrayFolder
 from .arraymanifest import Manifest, folder_digest
 from .arraysubmission import check_inputs, resolve_interrupted, submit_all
 from .arraywaiting import wait_for_tasks
@@ -75,7 +75,7 @@ def run_array(
     if running:
         print(f"Waiting for {running} array task(s) submitted earlier")
     submitted = submit_all(todo, manifest, links, config, env)
-    wait_for_tasks(waiting + submitted, config)
+    wait_for_tasks(waiting + submitted, config, links / ENDED_DIR)
     # Every task ended: SLURM writes no more output through the symlinks.
     links.rmtree_p()
     return _report(folders, rerun)

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from path import Path
 
-from .arrayfolder import ArrayFolder
+from .arrayfolder import ENDED_DIR, ArrayFolder
 from .arraymanifest import Manifest
 from .config import Config, OnChange
 from .errors import JobError
@@ -214,11 +214,14 @@ class _ArraySubmission:
             append_record(folder.log_path, f"Submitting {token}")
             clear_ret(folder.path)
         since = datetime.now()
+        ended = self.links / ENDED_DIR
+        ended.makedirs_p()
         wrapper = render_array_wrapper(
             chunk[0].script.directives,
             [str(folder.path) for folder in chunk],
             [folder.script.command for folder in chunk],
             token,
+            str(ended),
         )
         throttle = "" if self.manifest.max_running is None else f"%{self.manifest.max_running}"
         retries = 0

@@ -2,12 +2,19 @@
 
 Waiting costs one status query per cluster per cache period (the shared cache), and sacct
 only for tasks that squeue no longer lists; a folder's `slurmjob.ret` is read once SLURM says
-that its task ended, or, for the last `TAIL_TASKS` tasks, at every nap.
+that its task ended, or once the task's wrapper says so: each task, as it ends, makes an empty
+file named `ARRAYID_N` in the step's folder of ended tasks, which the step lists at every nap
+(when its time stamp changed), so that it notices an end within a nap, reading only the exit
+codes of the tasks that ended.
 """
 
+import os
 import random
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from path import Path
 
 from .arrayfolder import ArrayFolder
 from .config import Config
@@ -21,15 +28,21 @@ from .states import FINAL_STATES, PARTITION_REASONS, SCRIPT_ENDED_STATES, hopele
 from .waiting import nap
 from .wrapper import read_ret
 
-__all__ = ("TAIL_TASKS", "wait_for_tasks")
-
-# When this few tasks are left, their exit code files are read at every nap, so that the step
-# ends as soon as the last task ends, not one cache period later, at a bounded cost.
-TAIL_TASKS = 32
+__all__ = ("wait_for_tasks",)
 
 
-def wait_for_tasks(folders: list[ArrayFolder], config: Config):
-    """Wait until every folder's task ended; record the end in each folder."""
+def wait_for_tasks(folders: list[ArrayFolder], config: Config, ended: Path):
+    """Wait until every folder's task ended; record the end in each folder.
+
+    Parameters
+    ----------
+    folders
+        The folders whose task is waited for.
+    config
+        The settings.
+    ended
+        The folder in which each task's wrapper makes an empty file `ARRAYID_N` as it ends.
+    """
     pending = []
     for folder in folders:
         if folder.joblog.done:
@@ -40,12 +53,13 @@ def wait_for_tasks(folders: list[ArrayFolder], config: Config):
     # Array job id → since when its tasks pend for a reason that never resolves by itself.
     hopeless: dict[int, datetime] = {}
     next_query = time.monotonic()
+    marks = _EndMarks(ended)
     while pending:
         if time.monotonic() >= next_query:
             next_query = time.monotonic() + config.cache_timeout + random.uniform(0, config.jitter)
             _look(pending, caches, hopeless, config)
-        tail = len(pending) <= TAIL_TASKS
-        pending = [f for f in pending if not _ended(f, config, tail)]
+        marked = marks.names()
+        pending = [f for f in pending if not _ended(f, config, f.name in marked)]
         if pending:
             nap(config, min(f.joblog.submitted_time or datetime.now() for f in pending))
 
@@ -164,12 +178,33 @@ def _note(folder: ArrayFolder, state: str):
         folder.state = state
 
 
-def _ended(folder: ArrayFolder, config: Config, tail: bool) -> bool:
-    """True once a folder's end is known: from SLURM's answer, or in the tail, from the exit
-    code that the task's script left before SLURM's next answer."""
+@dataclass
+class _EndMarks:
+    """The names of the files that ended tasks made in the folder `ended`, listed again only
+    when the folder's time stamp changed."""
+
+    ended: Path
+    _stamp: float | None = None
+    _names: frozenset[str] = frozenset()
+
+    def names(self) -> frozenset[str]:
+        try:
+            stamp = self.ended.stat().st_mtime
+            if stamp != self._stamp:
+                self._names = frozenset(os.listdir(self.ended))
+                self._stamp = stamp
+        except OSError:
+            # No folder (e.g. the tasks of an older version): SLURM's answer tells the end.
+            pass
+        return self._names
+
+
+def _ended(folder: ArrayFolder, config: Config, marked: bool) -> bool:
+    """True once a folder's end is known: from SLURM's answer, or when its task marked its end,
+    from the exit code that its script left before SLURM's next answer."""
     if folder.state is not None:
         return _finished(folder, config)
-    return tail and isinstance(read_ret(folder.path), int) and _finished(folder, config)
+    return marked and isinstance(read_ret(folder.path), int) and _finished(folder, config)
 
 
 def _finished(folder: ArrayFolder, config: Config) -> bool:

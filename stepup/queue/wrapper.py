@@ -240,7 +240,7 @@ def render_wrapper(script: JobScript, token: str | None = None) -> str:
 
 
 def render_array_wrapper(
-    directives: tuple[str, ...], folders: list[str], commands: list[str], token: str
+    directives: tuple[str, ...], folders: list[str], commands: list[str], token: str, ended: str
 ) -> str:
     """Return the bash wrapper of a job array (`sbatch_array`): task N runs in `folders[N]`.
 
@@ -257,6 +257,10 @@ def render_array_wrapper(
         The command that runs the script of each folder (`JobScript.command`), by task index.
     token
         The token of the submission (the array job's comment).
+    ended
+        The folder in which each task, as it ends, makes an empty file named as SLURM names
+        the task (`ARRAYID_N`): the step lists it to notice the end of a task without asking
+        SLURM or reading the exit code file of every folder.
     """
     prelude = (
         "# The job folder of this array task and the command that runs its script.\n"
@@ -265,10 +269,17 @@ def render_array_wrapper(
         'cd -- "${folders[SLURM_ARRAY_TASK_ID]}" || exit 1\n'
         'eval "set -- ${commands[SLURM_ARRAY_TASK_ID]}"\n'
     )
-    return _render(directives, token, prelude, '"$@"')
+    epilogue = (
+        f"# This task ended: the step notices it at its next look at {ended}.\n"
+        f': > {shlex.quote(ended)}/"${{SLURM_ARRAY_JOB_ID:-}}_${{SLURM_ARRAY_TASK_ID:-}}" '
+        "2> /dev/null\n"
+    )
+    return _render(directives, token, prelude, '"$@"', epilogue)
 
 
-def _render(directives: tuple[str, ...], token: str | None, prelude: str, command: str) -> str:
+def _render(
+    directives: tuple[str, ...], token: str | None, prelude: str, command: str, epilogue: str = ""
+) -> str:
     slots = {
         "#@DIRECTIVES@\n": "".join(f"{line}\n" for line in directives),
         "@RET@": shlex.quote(RET_NAME),
@@ -276,6 +287,7 @@ def _render(directives: tuple[str, ...], token: str | None, prelude: str, comman
         "@TOKEN@": shlex.quote(token or ""),
         "#@PRELUDE@\n": prelude,
         "@COMMAND@": command,
+        "#@EPILOGUE@\n": epilogue,
     }
     template = resources.files(__package__).joinpath("wrapper.sh").read_text(encoding="utf-8")
     # One pass, so that a slot's value is never searched for slots.

@@ -4,7 +4,8 @@
 # keeps its exit code. Needs bash >= 4.3. The template's slots, filled by render_wrapper, are
 # written between at signs: the #SBATCH lines of the script, the names of the exit code file
 # and the job log, the token of the submission, the code that enters an array task's job
-# folder (empty for a single job) and the command that runs the script.
+# folder (empty for a single job), the command that runs the script and the code that says
+# that an array task ended (empty for a single job).
 ret=@RET@
 log=@LOG@
 token=@TOKEN@
@@ -115,4 +116,5 @@ trap on_term TERM
 if ((code != 0)) && [[ -n ${SLURM_JOB_ID:-} ]] && ended; then terminated=yes; fi
 # A job ended by SLURM leaves no exit code: the step then reports SLURM's state.
 if [[ -z ${terminated:-} ]]; then put_ret "$code"; fi
+#@EPILOGUE@
 exit "$code"
