@@ -110,7 +110,9 @@ SlurmdPidFile=$STATE/run/slurmd.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
 MinJobAge=$MIN_JOB_AGE
-KillWait=2
+# Between SLURM's SIGTERM and SIGKILL when a job ends: time for a job script's TERM trap to run
+# on a loaded machine (with 2 s, CI once saw a trap that never ran).
+KillWait=10
 InactiveLimit=0
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
